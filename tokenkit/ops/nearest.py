@@ -1,9 +1,12 @@
 """Nearest-neighbour code search: ``argmin_k ||x - c_k||^2`` without an N x K allocation per call.
 
-``||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2``; the ``||x||^2`` term does not change the argmin, so
-each row tile is one ``addmm(|c|^2, x, c^T, alpha=-2)`` followed by ``argmin``. Rows are processed
-in tiles of at most ``tile_bytes`` (16 MB on CPU, where large fresh allocations page-fault and halve
-throughput; see shared/reference/performance-measurements.md B.4), written into one reused buffer.
+``||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2``; the ``||x||^2`` term does not change the argmin. The
+other two terms come out of ONE plain GEMM on augmented operands, ``[x, 1] @ [-2c, |c|^2]^T``, which
+costs the same as ``x @ c^T`` (an ``addmm`` with a broadcast bias costs ~35% more on CPU). The row
+minimum is taken with ``torch.min(..., dim=1)``, whose CPU kernel is ~3x faster than ``argmin``.
+Rows are processed in tiles of at most ``tile_bytes`` (2 MB on CPU: large fresh allocations
+page-fault and halve throughput, see shared/reference/performance-measurements.md B.4, and small
+tiles keep the min pass in cache), written into one reused buffer.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-CPU_TILE_BYTES = 16 * 2**20
+CPU_TILE_BYTES = 2 * 2**20
 CUDA_TILE_BYTES = 512 * 2**20
 
 
@@ -33,23 +36,28 @@ def nearest_code(
     Returns a ``LongTensor (N,)``.
     """
     if x.dim() != 2 or codebook.dim() != 2 or x.shape[1] != codebook.shape[1]:
-        raise ValueError(f"nearest_code expects (N, D) and (K, D), got {tuple(x.shape)}, {tuple(codebook.shape)}")
+        raise ValueError(
+            f"nearest_code expects (N, D) and (K, D), got {tuple(x.shape)}, {tuple(codebook.shape)}"
+        )
     x = x.float()
     codebook = codebook.float()
     if codebook_sq is None:
         codebook_sq = codebook.square().sum(1)
     n, k = x.shape[0], codebook.shape[0]
-    rows = _rows_per_tile(k, x.device, tile_bytes)
     out = torch.empty(n, dtype=torch.long, device=x.device)
     if n == 0:
         return out
-    buf = torch.empty(min(rows, n), k, dtype=torch.float32, device=x.device)
-    codes_t = codebook.t()
+    # [-2c, |c|^2]^T : (D + 1, K), so that [x, 1] @ it = -2 x.c + |c|^2
+    codes_aug = torch.cat([codebook * -2.0, codebook_sq[:, None].float()], dim=1).t().contiguous()
+    rows = min(_rows_per_tile(k, x.device, tile_bytes), n)
+    x_aug = torch.ones(rows, x.shape[1] + 1, dtype=torch.float32, device=x.device)
+    scores = torch.empty(rows, k, dtype=torch.float32, device=x.device)
+    best = torch.empty(rows, dtype=torch.float32, device=x.device)
     for start in range(0, n, rows):
-        stop = min(start + rows, n)
-        tile = buf[: stop - start]
-        torch.addmm(codebook_sq, x[start:stop], codes_t, beta=1.0, alpha=-2.0, out=tile)
-        torch.argmin(tile, dim=1, out=out[start:stop])
+        m = min(rows, n - start)
+        x_aug[:m, :-1].copy_(x[start : start + m])
+        torch.mm(x_aug[:m], codes_aug, out=scores[:m])
+        torch.min(scores[:m], dim=1, out=(best[:m], out[start : start + m]))
     return out
 
 

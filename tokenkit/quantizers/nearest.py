@@ -38,7 +38,7 @@ class NearestQuantizer(Quantizer):
     """VQ-VAE: nearest code, codebook + commitment losses, straight-through gradients."""
 
     Config = NearestConfig
-    description = "VQ-VAE nearest-neighbour VQ: codebook + commitment loss, straight-through (van den Oord 2017)"
+    description = "VQ-VAE: nearest code, codebook + commitment loss, straight-through (van den Oord 2017)"
 
     def __init__(self, config: NearestConfig | None = None, **overrides) -> None:
         super().__init__(config, **overrides)

@@ -62,6 +62,11 @@ def describe() -> list[dict[str, str]]:
         except Exception as exc:
             description = f"FAILED TO IMPORT: {exc}"
         rows.append(
-            {"name": entry.name, "package": entry.package, "version": entry.version, "description": description}
+            {
+                "name": entry.name,
+                "package": entry.package,
+                "version": entry.version,
+                "description": description,
+            }
         )
     return rows
