@@ -9,6 +9,7 @@ break the others; two distributions claiming one name is an error that names bot
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata as importlib_metadata
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,9 +87,13 @@ class EntryPointRegistry:
     def refresh(self) -> None:
         """Forget what was discovered (after ``pip install`` of a plugin in a running process)."""
         self._entries = None
-        importlib_metadata_cache = getattr(importlib_metadata, "_cache_clear", None)
-        if importlib_metadata_cache is not None:  # pragma: no cover - depends on Python version
-            importlib_metadata_cache()
+        self._conflicts = {}
+        # importlib.metadata caches each sys.path folder's listing, keyed by the folder's mtime, which
+        # a file system with coarse timestamps may not change; clear it and the import path caches.
+        importlib.invalidate_caches()
+        finder = getattr(importlib_metadata, "MetadataPathFinder", None)
+        if finder is not None:  # called on an instance: on Python 3.11 the method lacks @classmethod
+            finder().invalidate_caches()
 
     def register(self, name: str, obj: Any, package: str = "<runtime>") -> None:
         """Register ``obj`` under ``name`` for this process only (no entry point needed)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from tokenkit.quantizers.base import Quantizer
-from tokenkit.registry import EntryPointRegistry
+from tokenkit.registry import EntryPointRegistry, RegistryError
 
 GROUP = "tokenkit.quantizers"
 registry = EntryPointRegistry(GROUP, kind="quantizer")
@@ -56,7 +56,13 @@ def register(name: str, cls: type[Quantizer]) -> None:
 def describe() -> list[dict[str, str]]:
     """One row per installed quantizer: name, package, version, description (or the import error)."""
     rows = []
-    for entry in registry.entries():
+    for name in registry.names():
+        try:
+            entry = registry.entry(name)
+        except RegistryError as exc:  # two packages claim the name: list it, do not break the listing
+            conflict = f"CONFLICT: {exc}"
+            rows.append({"name": name, "package": "(conflict)", "version": "", "description": conflict})
+            continue
         try:
             description = getattr(entry.load(), "description", "") or ""
         except Exception as exc:
