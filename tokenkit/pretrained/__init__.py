@@ -1,0 +1,35 @@
+"""The pretrained tokenizers tokenkit knows by short name (``tokenkit.load(name)``).
+
+Each entry maps a name to where its files live and how to check them:
+
+- ``repo_id`` + ``revision``: a Hugging Face Hub repository and the revision pinned for this
+  name (a tag or a commit id), downloaded through the Hub cache;
+- or ``path``: a folder shipped inside this package (``tokenkit/pretrained/<name>/``, laid out
+  like a Hub repository: config.json, model.safetensors, README.md), loaded with no network;
+- ``sha256``: of model.safetensors, checked before loading. ``None`` only for weights that were
+  not published yet (nothing to pin): then nothing is verified, and ``tokenkit pretrained`` says so;
+- ``modality``: "image" or "audio";
+- ``recipe``: the training recipe in the tokenkit source repository, so a name whose weights
+  cannot be fetched can be trained instead.
+
+Plugins add names through the entry point group ``tokenkit.pretrained`` (each entry point loads
+a dict like these, or a ``tokenkit.hub.PretrainedEntry``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PRETRAINED: dict[str, dict[str, Any]] = {
+    "pivq-ffhq": {
+        "repo_id": "tokenkit/pivq-ffhq",
+        # The weights are trained from configs/pivq-ffhq.toml on FFHQ, which no reachable source
+        # offers to this project: the repository is published under this tag, and the sha256 is
+        # pinned here once the file exists.
+        "revision": "v1.0",
+        "sha256": None,
+        "modality": "image",
+        "recipe": "configs/pivq-ffhq.toml",
+        "description": "PI-VQ permutation-invariant set tokenizer with matching quantization, FFHQ faces",
+    },
+}
