@@ -138,3 +138,18 @@ def test_subcommands_import_lazily_and_user_errors_exit_1(tmp_path: Path, monkey
         sys.modules.pop("tk_cli_probe", None)
     with pytest.raises(ValueError, match="defined twice"):
         cli.command("probe", help="again")(_probe)
+
+
+@pytest.mark.parametrize("name", ["train", "eval", "pretrained", "download", "push"])
+def test_forwarded_subcommands_parse_their_own_arguments(name: str) -> None:
+    result = run(name, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: tokenkit {name}")
+
+
+def test_forwarded_subcommand_errors_exit_1() -> None:
+    listing = run("pretrained")
+    assert listing.returncode == 0 and "pivq-ffhq" in listing.stdout
+    missing = run("download", "no-such-tokenizer")
+    assert missing.returncode == 1
+    assert "no-such-tokenizer" in missing.stderr and "pivq-ffhq" in missing.stderr

@@ -26,6 +26,7 @@ Runner = Callable[[argparse.Namespace], "int | None"]
 Configure = Callable[[argparse.ArgumentParser], Runner]
 
 _COMMANDS: list[tuple[str, str, Configure]] = []
+_FORWARDED: dict[str, str] = {}
 
 
 def command(name: str, help: str) -> Callable[[Configure], Configure]:
@@ -40,6 +41,21 @@ def command(name: str, help: str) -> Callable[[Configure], Configure]:
     return register
 
 
+def forward(name: str, help: str, target: str) -> None:
+    """Subcommand ``name`` whose arguments (``--help`` too) are parsed by ``target`` = "module:function".
+
+    For the modules that own a full command line (training, evaluation, the Hub): ``main`` hands
+    them the rest of the command line, and the module is imported only when the subcommand runs.
+    """
+    _FORWARDED[name] = target
+
+    def configure(parser: argparse.ArgumentParser) -> Runner:
+        parser.add_argument("argv", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        return lambda args: _run_forwarded(name, args.argv)
+
+    command(name, help)(configure)
+
+
 def lazy(module: str, function: str) -> Runner:
     """A runner that imports ``module`` and calls ``module.function(args)`` only when it runs."""
 
@@ -47,6 +63,11 @@ def lazy(module: str, function: str) -> Runner:
         return getattr(importlib.import_module(module), function)(args)
 
     return run
+
+
+def _run_forwarded(name: str, argv: Sequence[str]) -> int | None:
+    module, function = _FORWARDED[name].split(":")
+    return getattr(importlib.import_module(module), function)(list(argv))
 
 
 # -- subcommands -----------------------------------------------------------------------------------
@@ -66,6 +87,13 @@ def run_quantizers(args: argparse.Namespace) -> int:
     else:
         print(format_table(rows, ["name", "package", "version", "description"]))
     return 0
+
+
+forward("train", "train a tokenizer from a TOML recipe (--resume continues)", "tokenkit.train.cli:main_train")
+forward("eval", "evaluate with the pinned protocol; writes eval.json + pictures", "tokenkit.eval:main_eval")
+forward("pretrained", "list the pretrained tokenizers tokenkit.load() knows", "tokenkit.hub:main_pretrained")
+forward("download", "download a pretrained tokenizer into the Hub cache", "tokenkit.hub:main_download")
+forward("push", "push a saved tokenizer folder to the Hugging Face Hub", "tokenkit.hub:main_push")
 
 
 # -- the command line ------------------------------------------------------------------------------
@@ -103,6 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tokenkit`` console script and ``python -m tokenkit``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    show_traceback = "--traceback" in argv[:1]
+    rest = argv[1:] if show_traceback else argv
+    if rest and rest[0] in _FORWARDED:  # the module parses its own arguments, --help included
+        try:
+            return int(_run_forwarded(rest[0], rest[1:]) or 0)
+        except (LookupError, ValueError, TypeError, OSError) as exc:
+            if show_traceback:
+                raise
+            print(f"tokenkit {rest[0]}: error: {exc}", file=sys.stderr)
+            return 1
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "run", None) is None:
