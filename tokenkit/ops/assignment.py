@@ -1,0 +1,275 @@
+"""Batched exact rectangular linear assignment: each row of a cost matrix takes a distinct column.
+
+For a batch of costs ``C`` of shape ``(B, N, K)`` with ``N <= K``, :func:`assign` returns, per
+matrix, the injective map ``sigma: rows -> columns`` minimising ``sum_i C[i, sigma(i)]`` (the linear
+sum assignment problem). Matching quantization calls it once per training step on the
+``(images, latents, codes)`` cost, so it must be exact, batched and never pad to ``K x K``.
+
+Backends (``backend=``):
+
+- ``"lapx"``: ``lap.lapjvr_batch`` from lapx >= 0.11, a Jonker-Volgenant solver with a native
+  rectangular path that releases the GIL and runs the batch over ``os.cpu_count()`` threads; the
+  float32 cost is passed as a zero-copy numpy view. On 64 x 256 x 1024 batches it measured 18.6x
+  a scipy loop for well-spread latents and 4.1x for contended ones (DESIGN.md §8).
+- ``"scipy"``: ``scipy.optimize.linear_sum_assignment`` (Crouse 2016, rectangular, releases the GIL)
+  per matrix in a thread pool. The fallback when lapx is not installed.
+- ``"auction"``: a batched Jacobi forward auction (Bertsekas 1988, "The auction algorithm: a
+  distributed relaxation method") in plain torch, for costs that live on a GPU. It also runs on
+  CPU tensors, which is how it is tested. Its certificate and fallback policy are below.
+- ``"auto"``: CUDA costs -> ``"auction"``; CPU costs -> ``"lapx"`` if importable, else ``"scipy"``.
+
+Before any backend, :func:`candidate_columns` drops the columns no optimal assignment can use (an
+exact column reduction): when every row wants the same codes (contended latents) well over half of
+the K columns go, and the solve is about 1.4x cheaper; for well-spread latents it costs one probe
+of the first matrix and changes nothing.
+
+Auction policy (the ``"auction"`` backend, and ``"auto"`` on CUDA):
+
+1. Solve in float64 with one phase from zero prices and ``eps = tol / (2 N)``, where
+   ``tol = N * 2**-22 * max|C|`` is the float32 resolution of a total cost (a sum of N entries,
+   each known to about 4 ulps). A finished forward auction is within ``N * eps = tol / 2`` of the
+   optimum (eps-complementary slackness; unassigned columns keep price 0).
+2. Certify each matrix with the primal-dual bound: ``LB = sum_i min_j (C_ij + p_j) - sum_j p_j``
+   is a lower bound on every assignment's cost when prices ``p >= 0``; the matrix is accepted when
+   ``cost(sigma) - LB <= tol``, i.e. the assignment is optimal to the precision of its float32 cost.
+3. Matrices the auction did not finish within ``max_rounds`` (default 300) or that fail the
+   certificate are copied to the host and solved exactly there (lapx, else scipy). Measured on CPU
+   at B=4, N=256, K=1024: well-spread costs finish and certify in 10 rounds; contended ones need
+   about 1400 rounds (after column reduction), where the host solver is the better tool, so the
+   cap sends them there early. The answer is therefore always the exact optimum at float32
+   resolution; the GPU only decides how much of the batch the host has to do.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+BACKENDS = ("auto", "lapx", "scipy", "auction")
+#: float32 rounding of one cost entry, taken as 4 ulps (2**-22) of the largest |entry|
+_F32_RESOLUTION = 2.0**-22
+
+
+def assign(
+    cost: Tensor, backend: str = "auto", *, max_rounds: int = 300, threads: int | None = None
+) -> Tensor:
+    """Exact batched rectangular assignment.
+
+    cost: ``(B, N, K)`` float tensor with ``N <= K`` and finite entries (not checked: NaN gives
+    undefined results). Returns a ``LongTensor (B, N)`` on ``cost``'s device: row ``i`` of matrix
+    ``b`` takes column ``out[b, i]``; the columns of one matrix are distinct and their total cost
+    is minimal. ``max_rounds`` bounds the auction (``"auction"`` backend / CUDA) before the host
+    solver takes over the unfinished matrices; ``threads`` caps the host solver's worker threads
+    (default ``os.cpu_count()``).
+    """
+    _check_cost(cost)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown assignment backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "auto":
+        backend = "auction" if cost.is_cuda else _host_backend()
+    cost = cost.detach()
+    b, n, _ = cost.shape
+    if b == 0 or n == 0:
+        return torch.empty(b, n, dtype=torch.long, device=cost.device)
+    columns = candidate_columns(cost)
+    if columns is not None:  # solve on the columns an optimum can use, then map back
+        cost = cost.gather(2, columns.unsqueeze(1).expand(b, n, columns.shape[1])).contiguous()
+    if backend == "auction":
+        out = _auction_certified(cost, max_rounds, threads)
+    else:
+        out = _solve_on_host(cost, backend, threads).to(cost.device)
+    return out if columns is None else columns.gather(1, out)
+
+
+@torch.no_grad()
+def candidate_columns(cost: Tensor, max_fraction: float = 0.75) -> Tensor | None:
+    """Columns that suffice for an optimal assignment, ``(B, K')`` sorted, or None if most are needed.
+
+    Column reduction: let ``t_i`` be any value >= the N-th smallest cost of row ``i``. In an optimal
+    assignment every row ``i`` takes a column with ``C_ij <= t_i``: otherwise at least N of its
+    columns are cheaper, at most N - 1 of them are taken by the other rows, and moving ``i`` to a
+    free one lowers the total. So the columns ``{j : C_ij <= t_i for some i}`` hold an optimum.
+    Here ``t_i`` is the N-th smallest of row ``i`` over ``S``, the ``N + N/8`` columns cheapest for
+    the mean row (any N columns bound the N-th smallest; a few spare ones tighten the bound). When
+    latents contend for the same codes this keeps under half of the K columns and the solve gets
+    cheaper; for well-spread latents nearly every column stays, which a probe of the first matrix
+    detects, and the batch is solved whole.
+    """
+    b, n, k = cost.shape
+    spare = min(n // 8, k - n)
+    if b == 0 or n == 0 or n == k:
+        return None
+    probe = _keep_mask(cost[:1], spare)
+    if int(probe.sum()) > max_fraction * k:
+        return None
+    keep = _keep_mask(cost, spare)
+    width = int(keep.sum(1).max())
+    if width > max_fraction * k:
+        return None
+    # kept columns first (in index order), padded with dropped ones: extra columns never hurt
+    order = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :width]
+    return order.sort(dim=1).values
+
+
+def _keep_mask(cost: Tensor, spare: int) -> Tensor:
+    """``(B, K)``: columns ``j`` with ``C_ij <= t_i`` for some row ``i`` (see :func:`candidate_columns`)."""
+    n = cost.shape[1]
+    subset = cost.mean(dim=1).topk(n + spare, dim=1, largest=False).indices  # S
+    on_subset = cost.gather(2, subset.unsqueeze(1).expand(-1, n, -1))  # (B, N, N + spare)
+    bound = on_subset.topk(spare + 1, dim=2).values[:, :, -1:]  # t_i: N-th smallest over S
+    return (cost <= bound).any(dim=1)
+
+
+def _check_cost(cost: Tensor) -> None:
+    if not isinstance(cost, Tensor) or not cost.is_floating_point():
+        raise TypeError("assign expects a floating-point torch.Tensor of costs (B, N, K)")
+    if cost.dim() != 3:
+        raise ValueError(
+            f"assign expects a batch of cost matrices (B, N, K), got shape {tuple(cost.shape)}; "
+            f"add a batch dimension with cost.unsqueeze(0)"
+        )
+    n, k = cost.shape[1], cost.shape[2]
+    if n > k:
+        raise ValueError(
+            f"cannot give {n} rows distinct columns out of only {k}: each row needs its own column, "
+            f"so N <= K is required. Use a codebook of at least {n} codes or fewer latents per sample."
+        )
+
+
+def _host_backend() -> str:
+    try:
+        import lap  # noqa: F401
+    except ImportError:
+        return "scipy"
+    return "lapx" if hasattr(lap, "lapjvr_batch") else "scipy"
+
+
+def _solve_on_host(cost: Tensor, backend: str, threads: int | None = None) -> Tensor:
+    """Exact solve of every matrix on the CPU; returns a CPU LongTensor (B, N)."""
+    threads = threads or os.cpu_count() or 1
+    host = cost.to("cpu", torch.float32).contiguous()
+    array = host.numpy()  # zero-copy view of the float32 cost
+    if backend == "lapx":
+        import lap
+
+        _, cols = lap.lapjvr_batch(array, extend_cost=True, return_cost=False, n_threads=threads)
+    elif backend == "scipy":
+        cols = _scipy_batch(array, threads)
+    else:
+        raise ValueError(f"{backend!r} is not a host backend; use 'lapx' or 'scipy'")
+    return torch.from_numpy(np.stack(cols).astype(np.int64, copy=False))
+
+
+def _scipy_batch(array: np.ndarray, threads: int) -> list[np.ndarray]:
+    from scipy.optimize import linear_sum_assignment
+
+    def solve(matrix: np.ndarray) -> np.ndarray:
+        rows, cols = linear_sum_assignment(matrix)  # rows come back sorted: 0..N-1 when N <= K
+        return cols
+
+    workers = min(threads, len(array))
+    if workers <= 1:
+        return [solve(m) for m in array]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(solve, array))
+
+
+# -- the auction (GPU path, runs on any device) ---------------------------------------------------
+@dataclass
+class AuctionResult:
+    """assignment: ``(B, N)`` columns (-1 where a row is still unassigned); prices: ``(B, K)`` float64;
+    finished: ``(B,)`` bool, every row assigned; rounds: bidding rounds run."""
+
+    assignment: Tensor
+    prices: Tensor
+    finished: Tensor
+    rounds: int
+
+
+def certification_tolerance(cost: Tensor) -> Tensor:
+    """Per matrix, the float32 resolution of a total cost: ``N * 2**-22 * max|C|`` (float64, ``(B,)``)."""
+    n = cost.shape[1]
+    return n * _F32_RESOLUTION * cost.detach().abs().amax(dim=(1, 2)).double().clamp_min(1e-30)
+
+
+@torch.no_grad()
+def auction(cost: Tensor, eps: Tensor | float, max_rounds: int = 1000) -> AuctionResult:
+    """Batched Jacobi forward auction for ``min sum_i C[i, sigma(i)]``, one phase from zero prices.
+
+    Each round every unassigned row ``i`` finds its best column ``j1 = argmin_j (C_ij + p_j)`` with
+    value ``w1`` and the second best value ``w2``, and bids ``p_j1 + (w2 - w1) + eps``; each column
+    goes to its highest bidder, whose displaced owner bids again next round. Rows keep
+    eps-complementary slackness, so a finished auction is within ``N * eps`` of the optimum.
+    ``eps`` is a float or a per-matrix ``(B,)`` tensor. Runs in float64 (prices grow by steps far
+    below float32 resolution).
+    """
+    c = cost.detach().double()
+    bsz, n, k = c.shape
+    dev = c.device
+    eps_t = torch.as_tensor(eps, dtype=torch.float64, device=dev).expand(bsz).contiguous()
+    if k == 1:  # N <= 1: the only column
+        assignment = torch.zeros(bsz, n, dtype=torch.long, device=dev)
+        return AuctionResult(assignment, torch.zeros(bsz, k, dtype=torch.float64, device=dev),
+                             torch.ones(bsz, dtype=torch.bool, device=dev), 0)
+    prices = torch.zeros(bsz, k, dtype=torch.float64, device=dev)
+    owner = torch.full((bsz, k), -1, dtype=torch.long, device=dev)
+    assignment = torch.full((bsz, n), -1, dtype=torch.long, device=dev)
+    rounds = 0
+    while rounds < max_rounds:
+        bidders = (assignment < 0).nonzero()  # (M, 2): (matrix, row)
+        if bidders.shape[0] == 0:
+            break
+        rounds += 1
+        bi, ri = bidders[:, 0], bidders[:, 1]
+        net = c[bi, ri] + prices[bi]  # (M, K)
+        best = net.topk(2, dim=1, largest=False)
+        w1, w2, j1 = best.values[:, 0], best.values[:, 1], best.indices[:, 0]
+        bid = prices[bi, j1] + (w2 - w1) + eps_t[bi]
+        # each column goes to its highest bid; ties go to the lowest row index
+        flat = bi * k + j1
+        top = torch.full((bsz * k,), -torch.inf, dtype=torch.float64, device=dev)
+        top.scatter_reduce_(0, flat, bid, reduce="amax")
+        is_top = bid == top[flat]
+        first = torch.full((bsz * k,), n, dtype=torch.long, device=dev)
+        first.scatter_reduce_(0, flat[is_top], ri[is_top], reduce="amin")
+        wins = is_top & (ri == first[flat])
+        wb, wr, wj = bi[wins], ri[wins], j1[wins]
+        displaced = owner[wb, wj]
+        had_owner = displaced >= 0
+        assignment[wb[had_owner], displaced[had_owner]] = -1
+        owner[wb, wj] = wr
+        assignment[wb, wr] = wj
+        prices[wb, wj] = bid[wins]
+    finished = (assignment >= 0).all(dim=1)
+    return AuctionResult(assignment, prices, finished, rounds)
+
+
+def dual_gap(cost: Tensor, assignment: Tensor, prices: Tensor) -> Tensor:
+    """``cost(sigma) - LB`` per matrix (float64 ``(B,)``), with the lower bound
+    ``LB = sum_i min_j (C_ij + p_j) - sum_j p_j`` valid for any prices ``p >= 0`` (weak duality).
+    Rows still unassigned (``-1``) make the gap ``+inf``."""
+    c = cost.detach().double()
+    complete = (assignment >= 0).all(dim=1)
+    primal = c.gather(2, assignment.clamp_min(0).unsqueeze(2)).squeeze(2).sum(1)
+    lower = (c + prices.unsqueeze(1)).amin(dim=2).sum(1) - prices.sum(1)
+    gap = primal - lower
+    return torch.where(complete, gap, torch.full_like(gap, torch.inf))
+
+
+def _auction_certified(cost: Tensor, max_rounds: int, threads: int | None = None) -> Tensor:
+    """The policy in the module docstring: auction, certify, exact-on-host for the rest."""
+    n = cost.shape[1]
+    tol = certification_tolerance(cost)
+    result = auction(cost, eps=tol / (2 * n), max_rounds=max_rounds)
+    certified = dual_gap(cost, result.assignment, result.prices) <= tol
+    out = result.assignment
+    if not bool(certified.all()):
+        redo = (~certified).nonzero().squeeze(1)
+        out = out.clone()
+        out[redo] = _solve_on_host(cost[redo], _host_backend(), threads).to(cost.device)
+    return out
