@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 import tokenkit
 from tokenkit import quantizers
+from tokenkit.config import resolve_config
 from tokenkit.models.hub_mixin import HubMixin
 from tokenkit.quantizers.base import Quantizer
 
@@ -135,15 +136,7 @@ class Tokenizer(HubMixin, nn.Module, ABC):
 
     def __init__(self, config: TokenizerConfig | None = None, **overrides: Any) -> None:
         super().__init__()
-        if config is None:
-            config = self.Config(**overrides)
-        elif overrides:
-            config = dataclasses.replace(config, **overrides)
-        if not isinstance(config, self.Config):
-            raise TypeError(
-                f"{type(self).__name__} takes a {self.Config.__name__}, got {type(config).__name__}"
-            )
-        self.config = config
+        self.config = resolve_config(self.Config, config, overrides, type(self).__name__)
         self.quantizer: Quantizer = self.build_quantizer()
 
     # -- the quantizer ----------------------------------------------------------------------

@@ -27,6 +27,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from tokenkit.config import resolve_config
+
 
 @dataclass
 class QuantizerConfig:
@@ -67,15 +69,7 @@ class Quantizer(nn.Module, ABC):
 
     def __init__(self, config: QuantizerConfig | None = None, **overrides: Any) -> None:
         super().__init__()
-        if config is None:
-            config = self.Config(**overrides)
-        elif overrides:
-            config = dataclasses.replace(config, **overrides)
-        if not isinstance(config, self.Config):
-            raise TypeError(
-                f"{type(self).__name__} takes a {self.Config.__name__}, got {type(config).__name__}"
-            )
-        self.config = config
+        self.config = resolve_config(self.Config, config, overrides, type(self).__name__)
 
     # -- what subclasses provide -------------------------------------------------------------
     @property
