@@ -62,7 +62,8 @@ def main() -> None:
     print(f"distinct codes      {distinct_codes(tokens.flatten(1)).float().mean():.1f} per image")
     print(f"PSNR                {psnr(x, recon):.2f} dB")
     print(f"SSIM                {ssim(x, recon):.4f}")
-    print(f"encode + decode     {seconds * 1e3 / len(x):.2f} ms per image on {torch.get_num_threads()} threads")
+    threads = torch.get_num_threads()
+    print(f"encode + decode     {seconds * 1e3 / len(x):.2f} ms per image on {threads} threads")
     print(f"wrote               {grid}")
 
 
