@@ -95,6 +95,13 @@ def evaluate(model: AutoEncoder, test: Tensor, batch: int = 500) -> dict[str, fl
 
 
 @torch.no_grad()
+def training_latents(model: AutoEncoder, train: Tensor, count: int) -> Tensor:
+    """Encoder outputs ``(count, 49, WIDTH)`` of ``count`` random training images (fixed seed)."""
+    subset = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(1))[:count]]
+    return torch.cat([model.latents(subset[i : i + 500]) for i in range(0, len(subset), 500)])
+
+
+@torch.no_grad()
 def fit_vp_codebook(model: AutoEncoder, train: Tensor, args: argparse.Namespace) -> None:
     q = model.quantizer
     if args.vp_codebook == "queue":
@@ -102,9 +109,7 @@ def fit_vp_codebook(model: AutoEncoder, train: Tensor, args: argparse.Namespace)
         return
     # the encoder has no dropout or batch norm; collect latents before eval(), which would otherwise
     # fit an automatic codebook on the queue first
-    subset = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(1))[: args.fit_images]]
-    latents = torch.cat([model.latents(subset[i : i + 500]) for i in range(0, len(subset), 500)])
-    q.fit_codebook(latents)
+    q.fit_codebook(training_latents(model, train, args.fit_images))
 
 
 def knn_table(args: argparse.Namespace) -> None:
@@ -133,6 +138,11 @@ def knn_table(args: argparse.Namespace) -> None:
         print(f"{method:<8} {ms:19.1f} {timings['tiled'][0] / ms:8.1f}x {diff:11.2e}")
 
 
+@torch.no_grad()
+def refit_fsp_centroids(model: AutoEncoder, train: Tensor, args: argparse.Namespace) -> None:
+    model.quantizer.fit_centroids(training_latents(model, train, args.fit_images))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -146,7 +156,8 @@ def main() -> None:
     parser.add_argument("--vp-codebook", choices=("train", "queue"), default="train",
                         help="k-means over training-set latents (paper) or over the queue (code)")
     parser.add_argument("--fit-images", type=int, default=2000,
-                        help="training images whose 49 latents each feed VP's k-means (paper variant)")
+                        help="training images whose 49 latents each feed VP's k-means (paper variant) "
+                        "and FSP's Lloyd-Max refit (row fsp+refit)")
     parser.add_argument("--knn", choices=("auto", "tiled", "kdtree"), default="auto", help="VP's kNN backend")
     parser.add_argument("--vp-queue-size", type=int, default=None,
                         help="VP's |S| (default K * 16 d = 65,536: M = 64 neighbours per code)")
@@ -189,6 +200,9 @@ def main() -> None:
         metrics = evaluate(models[name], test)
         step_ms = 1e3 * statistics.median(times[name][min(10, args.steps - 1):])
         rows.append((name, metrics, step_ms))
+        if name == "fsp":  # the same trained model, centroids refitted by Lloyd-Max (beyond the paper)
+            refit_fsp_centroids(models[name], train, args)
+            rows.append(("fsp+refit", evaluate(models[name], test), step_ms))
     reference = dict((n, ms) for n, _, ms in rows).get("fsq")
 
     print(f"\nFashion-MNIST, K={K}, {args.steps} steps of batch {args.batch}, seed {args.seed}, "
