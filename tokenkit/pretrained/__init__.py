@@ -32,4 +32,12 @@ PRETRAINED: dict[str, dict[str, Any]] = {
         "recipe": "configs/pivq-ffhq.toml",
         "description": "PI-VQ permutation-invariant set tokenizer with matching quantization, FFHQ faces",
     },
+    "vq-fashion": {
+        # trained and evaluated on CPU: docs/results.md; the model card holds the eval table + protocol
+        "path": "vq-fashion",
+        "sha256": "aa2d3a1f42edc05976ad9b66826aa93aae15524060ce1226b12162fc56df8466",
+        "modality": "image",
+        "recipe": "configs/fashion-mnist-vq.toml",
+        "description": "ImageTokenizer + EMA VQ (K=512), Fashion-MNIST 28x28 -> 7x7 tokens, 2000 CPU steps",
+    },
 }
