@@ -30,6 +30,7 @@ from tokenkit.models.hub_mixin import (
     MissingFileError,
     MissingPluginError,
     WeightsMismatchError,
+    sha256_file,
 )
 from tokenkit.registry import RegistryError
 
@@ -174,6 +175,29 @@ def test_folder_layout_config_and_weights(saved):
     weights = load_file(folder / "model.safetensors")
     assert weights["quantizer.embedding"].shape == (32, 4)
     assert not list(folder.parent.glob(".tok.*"))  # no temporary folder left behind
+
+
+def test_saved_weights_are_byte_identical_across_processes_and_world_readable(tmp_path):
+    """The pinned sha256 of a shipped tokenizer must not depend on the process that wrote it."""
+    import os
+    import subprocess
+
+    code = (
+        "import sys, torch\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from test_hub import tiny\n"
+        "tiny('image').save_pretrained(sys.argv[1])\n"
+    )
+    digests = []
+    for i in range(2):
+        folder = tmp_path / f"run{i}"
+        subprocess.run([sys.executable, "-c", code, str(folder), str(Path(__file__).parent)], check=True)
+        digests.append(sha256_file(folder / "model.safetensors"))
+    assert digests[0] == digests[1]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "run0").stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (tmp_path / "run0" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_model_card_metadata_and_eval_table(saved):

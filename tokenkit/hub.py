@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tokenkit.files import set_default_permissions
 from tokenkit.models.hub_mixin import (
     CONFIG_NAME,
     MODEL_CARD_NAME,
@@ -333,6 +334,7 @@ def _copy_folder(folder: Path, target: Path) -> Path:
         names = [n for n in (CONFIG_NAME, WEIGHTS_NAME, MODEL_CARD_NAME) if (folder / n).is_file()]
         for name in names:
             shutil.copyfile(folder / name, tmp / name)  # follows the cache's symlinks
+        set_default_permissions(tmp)
         if not target.exists():
             os.replace(tmp, target)
         else:

@@ -28,6 +28,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tokenkit.files import set_default_permissions
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_CARD_NAME = "README.md"
@@ -120,6 +122,7 @@ class HubMixin:
             _write_weights(self, tmp / WEIGHTS_NAME, config)
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
             (tmp / MODEL_CARD_NAME).write_text(card, encoding="utf-8")
+            set_default_permissions(tmp)
             _move_into_place(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -510,12 +513,10 @@ def _write_weights(model: Any, path: Path, config: dict[str, Any]) -> None:
 
     # copies: safetensors refuses tensors that share storage (views, tied weights)
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-    metadata = {
-        "format": "pt",
-        "architecture": str(config.get("architecture", "")),
-        "tokenkit_version": str(config.get("tokenkit_version", "")),
-    }
-    save_file(state, str(path), metadata=metadata)
+    # one metadata key only: safetensors stores metadata in a hash map whose order changes from
+    # process to process, and the pinned sha256 of a shipped file must not depend on that
+    # (architecture and version live in config.json)
+    save_file(state, str(path), metadata={"format": "pt"})
 
 
 def _move_into_place(tmp: Path, target: Path) -> None:

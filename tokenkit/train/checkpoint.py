@@ -13,9 +13,7 @@ The file is written to a temporary name in the same folder and moved into place 
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from tokenkit.files import atomic_write
 from tokenkit.models import Tokenizer
 
 FORMAT = "tokenkit-checkpoint-1"
@@ -116,15 +115,7 @@ def save_checkpoint(
         "recipe": json.dumps(recipe or {}),
         "world_size": str(len(rng_states)),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 # -- loading -------------------------------------------------------------------------------------
