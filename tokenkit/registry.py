@@ -60,9 +60,10 @@ def _distribution_name(ep: importlib_metadata.EntryPoint) -> tuple[str, str]:
 class EntryPointRegistry:
     """Names from one entry point group, plus names registered at run time (tests, notebooks)."""
 
-    def __init__(self, group: str, kind: str) -> None:
+    def __init__(self, group: str, kind: str, base: type | None = None) -> None:
         self.group = group
         self.kind = kind
+        self.base = base  # when set, every name must resolve to a subclass of it
         self._entries: dict[str, Entry] | None = None
         self._local: dict[str, Entry] = {}
         self._conflicts: dict[str, list[Entry]] = {}
@@ -131,7 +132,15 @@ class EntryPointRegistry:
         return entries[name]
 
     def get(self, name: str) -> Any:
-        return self.entry(name).load()
+        obj = self.entry(name).load()
+        if self.base is not None and not (isinstance(obj, type) and issubclass(obj, self.base)):
+            module = self.base.__module__.removesuffix(".base")  # the package that exports it
+            base = f"{module}.{self.base.__qualname__}"
+            raise TypeError(
+                f"{self.kind} {name!r} from package {self.entry(name).package} is {obj!r}, which is not "
+                f"a subclass of {base}"
+            )
+        return obj
 
     def __contains__(self, name: str) -> bool:
         return name in self.names()
