@@ -27,7 +27,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +41,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from tokenkit import pictures
+from tokenkit.files import atomic_write
+from tokenkit.metrics.image import psnr
 from tokenkit.models import Tokenizer
 from tokenkit.ops import distributed as tkdist
 from tokenkit.train import checkpoint as ckpt
@@ -274,21 +276,12 @@ def evaluate(model: Tokenizer, loader: DataLoader, t: TrainSection, device: torc
 
 
 def _psnr(x: Tensor, y: Tensor) -> Tensor:
-    """Per-image PSNR on [-1, 1] (peak-to-peak 2), through tokenkit.metrics when it is installed."""
-    try:
-        from tokenkit.metrics.image import psnr
-    except ImportError:  # pragma: no cover - metrics are part of tokenkit; kept for partial installs
-        mse = (x.double() - y.double()).square().flatten(1).mean(1)
-        return 10.0 * torch.log10(4.0 / mse)
+    """Per-image PSNR on [-1, 1] (peak-to-peak 2), capped at 100 dB for exact reconstructions."""
     return psnr(x.float(), y, data_range=2.0, reduction="none").double().clamp_max(100.0)
 
 
 def draw_pictures(example: tuple, counts: Tensor, out_dir: Path, step: int, modality: str) -> list[str]:
     """Reconstruction grid (images) or spectrogram comparison (audio), and the code-usage histogram."""
-    try:
-        from tokenkit import pictures
-    except ImportError:  # pictures need pillow/matplotlib: a run without them still trains
-        return []
     x, x_hat, mask = example
     folder = out_dir / "pictures"
     folder.mkdir(parents=True, exist_ok=True)
@@ -307,15 +300,7 @@ def draw_pictures(example: tuple, counts: Tensor, out_dir: Path, step: int, moda
 
 # -- files ------------------------------------------------------------------------------------
 def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def read_log(path: Path, up_to_step: int) -> list[dict[str, Any]]:
