@@ -34,8 +34,9 @@ from tqdm.auto import tqdm
 
 import tokenkit
 from tokenkit.data import build_dataset, dataset_modality, dataset_options, pad_collate
+from tokenkit.files import atomic_write
 from tokenkit.metrics import CodeUsage, fid, prdc, psnr, ssim
-from tokenkit.pictures import atomic_write, codebook_usage_plot, reconstruction_grid, spectrogram_comparison
+from tokenkit.pictures import codebook_usage_plot, reconstruction_grid, spectrogram_comparison
 
 PRDC_K = 5
 EVAL_FILE = "eval.json"
