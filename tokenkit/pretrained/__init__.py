@@ -40,4 +40,13 @@ PRETRAINED: dict[str, dict[str, Any]] = {
         "recipe": "configs/fashion-mnist-vq.toml",
         "description": "ImageTokenizer + EMA VQ (K=512), Fashion-MNIST 28x28 -> 7x7 tokens, 2000 CPU steps",
     },
+    "pivq-fashion": {
+        # trained and evaluated on CPU: docs/results.md; the model card holds the eval table + protocol
+        "path": "pivq-fashion",
+        "sha256": "ccb8c26f97fad2ddbaf098634964dc2267a9e7c61fb39a46698cf42f1575bdf4",
+        "modality": "image",
+        "recipe": "configs/pivq-fashion.toml",
+        "description": "PI-VQ set tokenizer, matching quantization (K=512), Fashion-MNIST 28x28 -> 32 codes, "
+        "2500 CPU steps",
+    },
 }
