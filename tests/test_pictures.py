@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from tokenkit import pictures
-from tokenkit.pictures import codebook_usage_plot, reconstruction_grid, spectrogram_comparison
+from tokenkit.pictures import codebook_usage_plot, reconstruction_grid, section_grid, spectrogram_comparison
 
 
 def test_reconstruction_grid_layout(tmp_path):
@@ -32,6 +32,25 @@ def test_reconstruction_grid_layout(tmp_path):
     with pytest.raises(ValueError, match="of one shape"):
         reconstruction_grid(a, a[:2], tmp_path / "bad.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "rgb.png"]  # no temp files left
+
+
+def test_section_grid_layout(tmp_path):
+    # two sections: 3 black 32x32 images in rows of 2, then 1 white one; 32 px is enlarged to 64
+    black, white = -torch.ones(3, 1, 32, 32), torch.ones(1, 1, 32, 32)
+    path = section_grid([("first", black), ("second", white)], tmp_path / "grid.png", nrow=2, pad=2)
+    img = np.asarray(Image.open(path))
+    title, side, pad = 14, 64, 2
+    first_h = title + 2 * (side + pad) + pad  # 2 rows of images
+    second_h = title + (side + pad) + pad
+    assert img.shape == (first_h + second_h + pad, 2 * (side + pad) + pad)
+    y0 = title + pad
+    assert img[y0, pad] == 0 and img[y0 + side - 1, pad + side - 1] == 0  # image 1
+    assert img[y0 + side + pad, pad] == 0 and img[y0 + side + pad, 2 * pad + side] == 255  # 3rd, empty slot
+    assert img[first_h + title + pad, pad] == 255  # the white image opens the second section
+    assert (img[:title, :] < 128).any() and (img[first_h : first_h + title] < 128).any()  # titles drawn
+    with pytest.raises(ValueError, match="one C, H, W"):
+        section_grid([("a", black), ("b", torch.zeros(1, 1, 8, 8))], tmp_path / "bad.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png"]
 
 
 @pytest.mark.parametrize("use_matplotlib", [True, False])

@@ -1,6 +1,7 @@
 """Pictures for training and evaluation reports, written atomically (temp file, then rename).
 
 - :func:`reconstruction_grid`: originals above, their reconstructions right below (Pillow only);
+- :func:`section_grid`: titled sections of images (originals / reconstructions / samples), Pillow only;
 - :func:`codebook_usage_plot`: code usage sorted from most to least used, CVU in the title;
 - :func:`spectrogram_comparison`: log-magnitude spectrograms of a clip and its reconstruction.
 
@@ -64,6 +65,45 @@ def reconstruction_grid(
         grid[top : top + h, left : left + w] = a[i]
         grid[top + h + pad : top + 2 * h + pad, left : left + w] = b[i]
     return _save_image(grid[..., 0] if c == 1 else grid, path)
+
+
+def section_grid(
+    sections: list[tuple[str, Tensor]], path: str | os.PathLike, nrow: int = 10, pad: int = 2
+) -> Path:
+    """PNG of titled sections, each a title line above its images ``(N, C, H, W)`` in [-1, 1] in rows
+    of ``nrow``; all images share one size and C (1 or 3). Small images are enlarged to >= 64 px.
+    Returns the path written (the demo's originals / reconstructions / samples figure)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    if not sections:
+        raise ValueError("section_grid needs at least one (title, images) section")
+    shapes = {tuple(images.shape[1:]) for _, images in sections}
+    if len(shapes) != 1 or any(images.dim() != 4 or len(images) == 0 for _, images in sections):
+        raise ValueError(f"every section must hold images (N, C, H, W) of one C, H, W, got shapes {shapes}")
+    c, h, w = next(iter(shapes))
+    if c not in (1, 3) or nrow < 1:
+        raise ValueError(f"need 1 or 3 channels and nrow >= 1, got C={c}, nrow={nrow}")
+    scale = max(1, math.ceil(64 / max(h, w)))
+    h, w, title_h = h * scale, w * scale, 14
+    cols = min(nrow, max(len(images) for _, images in sections))
+    heights = [title_h + math.ceil(len(images) / nrow) * (h + pad) + pad for _, images in sections]
+    grid = np.full((sum(heights) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
+    top = 0
+    for (_, images), height in zip(sections, heights, strict=True):
+        tiles = _to_uint8(images)
+        if scale > 1:
+            tiles = tiles.repeat(scale, 1).repeat(scale, 2)
+        for i, tile in enumerate(tiles):
+            row, col = divmod(i, nrow)
+            y, x = top + title_h + pad + row * (h + pad), pad + col * (w + pad)
+            grid[y : y + h, x : x + w] = tile
+        top += height
+    image = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    draw, font, top = ImageDraw.Draw(image), ImageFont.load_default(), 0
+    for (title, _), height in zip(sections, heights, strict=True):
+        draw.text((pad + 1, top + 2), title, fill=0 if c == 1 else (0, 0, 0), font=font)
+        top += height
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def _matplotlib():
@@ -151,8 +191,15 @@ def spectrogram_comparison(
     fig, axes = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
     for ax, spec, name in zip(axes, (a, b), ("original", "reconstruction"), strict=True):
         seconds = spec.shape[1] * 128 / sr
-        im = ax.imshow(spec, origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax,
-                       extent=(0, seconds, 0, sr / 2000))
+        im = ax.imshow(
+            spec,
+            origin="lower",
+            aspect="auto",
+            cmap="magma",
+            vmin=vmin,
+            vmax=vmax,
+            extent=(0, seconds, 0, sr / 2000),
+        )
         ax.set_ylabel("kHz")
         ax.set_title(name)
     axes[-1].set_xlabel("seconds")
