@@ -62,14 +62,24 @@ def check_section(name: str, check: dict[str, Any]) -> str:
     protocol = check["protocol"]
     table = render_eval_results({"metrics": check["metrics"]}).split("\n\n<details>")[0]
     table = table.split("\n\nThe evaluation JSON")[0]
+    if protocol.get("modality") == "audio":
+        what = (
+            f"{protocol['num_items']} clips of the `{protocol['split']}` split of `{protocol['dataset']}` "
+            f"(`{json.dumps(protocol['dataset_config'])}`)."
+        )
+        kept = "clips"
+    else:
+        what = (
+            f"The first {protocol['num_items']} images of the `{protocol['split']}` split of "
+            f"`{protocol['dataset']}`, without Inception features (`--no-features`)."
+        )
+        kept = "images"
     return "\n".join(
         [
             "## Quick check",
             "",
-            f"The first {protocol['num_items']} images of the `{protocol['split']}` split of "
-            f"`{protocol['dataset']}`, without Inception features (`--no-features`). "
-            f"`tests/test_pretrained_{name.replace('-', '_')}.py` in the tokenkit repository reproduces "
-            "these numbers from the same images (kept in `tests/data/`):",
+            f"{what} `tests/test_pretrained_{name.replace('-', '_')}.py` in the tokenkit repository "
+            f"reproduces these numbers from the same {kept} (kept in `tests/data/`):",
             "",
             table,
             "",

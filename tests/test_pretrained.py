@@ -1,11 +1,12 @@
-"""Every shipped tokenizer: it loads offline by name, and its model card's numbers hold.
+"""Every shipped image tokenizer: it loads offline by name, and its model card's numbers hold.
 
 Each card has two evaluations: the full one (the first 1000 Fashion-MNIST test images, with rFID
 and PRDC) and a quick check (the first 64 test images, no Inception features). The 64 images are
 kept in tests/data/fashion-mnist-test64 (cut from the Debian package, MIT), so this runs without
 the package: the test reproduces the quick check with ``tokenkit.eval.evaluate`` through the same
 Fashion-MNIST reader, and checks that those 64 images agree with the 1000-image numbers.
-What is particular to one tokenizer lives in ``test_pretrained_<name>.py``.
+What is particular to one tokenizer lives in ``test_pretrained_<name>.py``; the audio tokenizers
+(their own evaluation set) are tested there whole.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ CHECK_BLOCK = re.compile(r"<!-- tokenkit-eval-json-check -->\n```json\n(.*?)\n``
 SHIPPED = {
     "vq-fashion": dict(architecture="ImageTokenizer", quantizer="ema", K=512, tokens=49, max_mb=5),
     "pivq-fashion": dict(architecture="PIVQTokenizer", quantizer="matching", K=512, tokens=32, max_mb=8),
+    "fsp-fashion": dict(architecture="ImageTokenizer", quantizer="fsp", K=512, tokens=49, max_mb=5),
 }
+SHIPPED_AUDIO = {"fsp-speech16k"}  # tests/test_pretrained_fsp_speech16k.py
 
 
 def folder_of(name: str) -> Path:
@@ -65,7 +68,9 @@ def quick_check(tok, one_thread):
 
 def test_every_shipped_folder_is_tested():
     folders = (REPO_ROOT / "tokenkit" / "pretrained").iterdir()
-    assert {p.name for p in folders if p.is_dir() and p.name != "__pycache__"} == set(SHIPPED)
+    assert {p.name for p in folders if p.is_dir() and p.name != "__pycache__"} == set(SHIPPED) | SHIPPED_AUDIO
+    for name in set(SHIPPED) | SHIPPED_AUDIO:
+        assert (Path(__file__).parent / f"test_pretrained_{name.replace('-', '_')}.py").is_file(), name
 
 
 def test_registered_pinned_and_small(name):

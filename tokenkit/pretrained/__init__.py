@@ -40,6 +40,15 @@ PRETRAINED: dict[str, dict[str, Any]] = {
         "recipe": "configs/fashion-mnist-vq.toml",
         "description": "ImageTokenizer + EMA VQ (K=512), Fashion-MNIST 28x28 -> 7x7 tokens, 2000 CPU steps",
     },
+    "fsp-fashion": {
+        # trained and evaluated on CPU: docs/results.md; the model card holds the eval table + protocol
+        "path": "fsp-fashion",
+        "sha256": "acb1795d4fb93bd00fad45692cbaca6ada16a8a7a8e3dd6ad5f74de2bf88cb9f",
+        "modality": "image",
+        "recipe": "configs/fashion-mnist-fsp.toml",
+        "description": "ImageTokenizer + FSP (8x8x8 = 512 codes), Fashion-MNIST 28x28 -> 7x7 tokens, "
+        "2000 CPU steps",
+    },
     "pivq-fashion": {
         # trained and evaluated on CPU: docs/results.md; the model card holds the eval table + protocol
         "path": "pivq-fashion",
@@ -48,5 +57,14 @@ PRETRAINED: dict[str, dict[str, Any]] = {
         "recipe": "configs/pivq-fashion.toml",
         "description": "PI-VQ set tokenizer, matching quantization (K=512), Fashion-MNIST 28x28 -> 32 codes, "
         "2500 CPU steps",
+    },
+    "fsp-speech16k": {
+        # trained and evaluated on CPU: docs/results.md; small and low quality (PESQ-WB 1.16 on LibriVox)
+        "path": "fsp-speech16k",
+        "sha256": "465fb10a00ae0f25d8f14f22429fbda2dc9105c5d119e381e87af6f489f27ee4",
+        "modality": "audio",
+        "recipe": "configs/speech-fsp.toml",
+        "description": "AudioTokenizer + FSP (4096 codes), 16 kHz speech -> 400 tokens/s (4.8 kbit/s), "
+        "3000 CPU steps",
     },
 }
