@@ -70,6 +70,28 @@ def capacity(tok, images: torch.Tensor, batch_size: int = 250) -> dict[str, dict
     return out
 
 
+@torch.inference_mode()
+def interpolation_sets(
+    tok, images: torch.Tensor, num: int, parents: int, seed: int
+) -> dict[str, torch.Tensor]:
+    """Image sets for PRDC: ``held_out`` (``images[num:2 num]``), ``references`` (``images[:num]``),
+    their ``reconstructions`` and ``num`` interpolation ``samples`` of ``parents`` references each."""
+    references, held_out = images[:num], images[num : 2 * num]
+    ref_tokens = tok.encode(references)
+    samples = tok.sample(num, ref_tokens, parents=parents, generator=torch.Generator().manual_seed(seed))
+    return {
+        "held_out": held_out,
+        "references": references,
+        "reconstructions": tok.decode(ref_tokens),
+        "samples": samples,
+    }
+
+
+def prdc_rows(feats: dict[str, torch.Tensor], names: list[str], real: str = "held_out") -> dict[str, dict]:
+    """Precision/recall/density/coverage (k = PRDC_K) of each set in ``names`` against ``feats[real]``."""
+    return {name: prdc(feats[real], feats[name], k=PRDC_K) for name in names}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", default="pivq-fashion", help="a PI-VQ tokenizer name or folder")
@@ -97,16 +119,10 @@ def main() -> None:
     print(f"matching / nearest capacity: {cap['matching']['capacity'] / cap['nearest']['capacity']:.2f}x "
           "(paper's claim: 3.5x)")
 
-    references, held_out = images[: args.num], images[args.num : 2 * args.num]
-    generator = torch.Generator().manual_seed(args.seed)
-    with torch.inference_mode():
-        ref_tokens = tok.encode(references)
-        reconstructions = tok.decode(ref_tokens)
-        samples = tok.sample(args.num, ref_tokens, parents=args.parents, generator=generator)
+    sets = interpolation_sets(tok, images, args.num, args.parents, args.seed)
     net = InceptionFeatures()
     t0 = time.perf_counter()
-    feats = {name: net(x) for name, x in (("held_out", held_out), ("references", references),
-                                          ("reconstructions", reconstructions), ("samples", samples))}
+    feats = {name: net(x) for name, x in sets.items()}
     t_features = time.perf_counter() - t0
     print(f"\nPRDC (k = {PRDC_K}, FID Inception features) against {args.num} held-out test images "
           f"(test[{args.num}:{2 * args.num}]); Inception: {t_features:.0f} s for {4 * args.num} images")
@@ -116,8 +132,8 @@ def main() -> None:
         "reconstructions": f"reconstructions of the {args.num} references",
         "references": f"the {args.num} reference images (real vs real)",
     }
-    for name, label in labels.items():
-        r = prdc(feats["held_out"], feats[name], k=PRDC_K)
+    for name, r in prdc_rows(feats, list(labels)).items():
+        label = labels[name]
         cells = f"{r['precision']:9.3f} {r['recall']:7.3f} {r['density']:8.3f} {r['coverage']:9.3f}"
         print(f"{label:<44} {cells}")
     print(f"\ntotal {time.perf_counter() - start:.0f} s")

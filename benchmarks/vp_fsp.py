@@ -19,24 +19,31 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 import tokenkit.quantizers as tq
 from tokenkit.data.fashion_mnist import load_fashion_mnist
-from tokenkit.metrics import code_counts, cvu, psnr, ssim
+from tokenkit.metrics import code_counts, cvu, perplexity, psnr, ssim
 from tokenkit.quantizers import from_channel_last, to_channel_last
 
 WIDTH = 64  # channels of the latent the quantizers receive
 K = 1024
 LEVELS = [8, 5, 5, 5]
 METHODS = ("nearest", "ema", "fsq", "fsp", "vp")
+#: every built-in quantizer at the same budget (gumbel: straight-through, tau = 1; matching: 49 <= K)
+ALL_METHODS = ("nearest", "ema", "gumbel", "fsq", "fsp", "vp", "matching")
 
 
 def quantizer(name: str, args: argparse.Namespace) -> tq.Quantizer:
     if name in ("nearest", "ema"):
         return tq.create(name, dim=WIDTH, codebook_size=K)
+    if name == "gumbel":
+        return tq.create("gumbel", dim=WIDTH, codebook_size=K, hard=True)
+    if name == "matching":  # each image's 49 latents take 49 distinct codes of the K
+        return tq.create("matching", dim=WIDTH, codebook_size=K, solver_threads=torch.get_num_threads())
     if name in ("fsq", "fsp"):
         return tq.create(name, dim=WIDTH, levels=LEVELS)
     if name == "vp":
@@ -44,7 +51,7 @@ def quantizer(name: str, args: argparse.Namespace) -> tq.Quantizer:
             "vp", dim=WIDTH, latent_dim=len(LEVELS), codebook_size=K, knn_method=args.knn,
             queue_size=args.vp_queue_size,
         )
-    raise ValueError(f"unknown quantizer {name!r}; choose from {METHODS}")
+    raise ValueError(f"unknown quantizer {name!r}; choose from {ALL_METHODS}")
 
 
 class AutoEncoder(nn.Module):
@@ -90,8 +97,9 @@ def evaluate(model: AutoEncoder, test: Tensor, batch: int = 500) -> dict[str, fl
         p.append(psnr(recon, x, reduction="none"))
         s.append(ssim(recon, x, reduction="none"))
         counts += code_counts(out.indices, K)
+    usage = counts.double()
     return {"psnr": float(torch.cat(p).mean()), "ssim": float(torch.cat(s).mean()),
-            "cvu": cvu(counts.double(), K, counts=True)}
+            "cvu": cvu(usage, K, counts=True), "perplexity": perplexity(usage, K, counts=True)}
 
 
 @torch.no_grad()
@@ -143,7 +151,57 @@ def refit_fsp_centroids(model: AutoEncoder, train: Tensor, args: argparse.Namesp
     model.quantizer.fit_centroids(training_latents(model, train, args.fit_images))
 
 
-def main() -> None:
+def train_side_by_side(
+    names: list[str], args: argparse.Namespace, train: Tensor, on_step: Callable[[int], None] | None = None
+) -> tuple[dict[str, AutoEncoder], dict[str, list[float]]]:
+    """Train one autoencoder per quantizer, round robin on the same batches; models and step times (s)."""
+    models, optimizers, times = {}, {}, {}
+    for name in names:
+        torch.manual_seed(args.seed)  # identical autoencoder weights for every quantizer
+        model = AutoEncoder(quantizer(name, args))
+        models[name] = model
+        optimizers[name] = torch.optim.Adam(model.parameters(), lr=args.lr)
+        times[name] = []
+
+    order = torch.Generator().manual_seed(args.seed)
+    for step in range(args.steps):
+        x = train[torch.randint(len(train), (args.batch,), generator=order)]
+        for name in names:  # round robin: every model sees the same batch under the same load
+            model, opt = models[name], optimizers[name]
+            model.train()
+            torch.manual_seed(args.seed + step)
+            start = time.perf_counter()
+            recon, out = model(x)
+            loss = (recon - x).abs().mean() + out.loss  # L1 reconstruction (the paper's, without LPIPS)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            times[name].append(time.perf_counter() - start)
+        if on_step is not None:
+            on_step(step)
+    return models, times
+
+
+def compare(
+    models: dict[str, AutoEncoder], times: dict[str, list[float]], args: argparse.Namespace,
+    train: Tensor, test: Tensor,
+) -> list[tuple[str, dict[str, float], float]]:
+    """Rows ``(quantizer, metrics, median step ms)`` after the post-training fits (VP codebook, FSP refit)."""
+    rows = []
+    for name, model in models.items():
+        if name == "vp":
+            fit_vp_codebook(model, train, args)
+        metrics = evaluate(model, test)
+        step_ms = 1e3 * statistics.median(times[name][min(10, args.steps - 1):])
+        rows.append((name, metrics, step_ms))
+        if name == "fsp":  # the same trained model, centroids refitted by Lloyd-Max (beyond the paper)
+            refit_fsp_centroids(model, train, args)
+            rows.append(("fsp+refit", evaluate(model, test), step_ms))
+    return rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's options (also the defaults that benchmarks/report.py starts from)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -151,7 +209,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=ALL_METHODS)
     parser.add_argument("--test-images", type=int, default=10000)
     parser.add_argument("--vp-codebook", choices=("train", "queue"), default="train",
                         help="k-means over training-set latents (paper) or over the queue (code)")
@@ -163,47 +221,23 @@ def main() -> None:
                         help="VP's |S| (default K * 4 d = 16,384: M = 16 neighbours per code; "
                         "the authors' code: K * 16 d = 65,536)")
     parser.add_argument("--knn-only", action="store_true", help="only time VP's kNN backends, side by side")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.knn_only:
         knn_table(args)
         return
 
     train, test = images("train"), images("test", args.test_images)
-    models, optimizers, times = {}, {}, {}
-    for name in args.methods:
-        torch.manual_seed(args.seed)  # identical autoencoder weights for every quantizer
-        model = AutoEncoder(quantizer(name, args))
-        models[name] = model
-        optimizers[name] = torch.optim.Adam(model.parameters(), lr=args.lr)
-        times[name] = []
 
-    order = torch.Generator().manual_seed(args.seed)
-    for step in range(args.steps):
-        x = train[torch.randint(len(train), (args.batch,), generator=order)]
-        for name in args.methods:  # round robin: every model sees the same batch under the same load
-            model, opt = models[name], optimizers[name]
-            model.train()
-            torch.manual_seed(args.seed + step)
-            start = time.perf_counter()
-            recon, out = model(x)
-            loss = (recon - x).abs().mean() + out.loss  # L1 reconstruction (the paper's, without LPIPS)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            times[name].append(time.perf_counter() - start)
+    def report_step(step: int) -> None:
         if (step + 1) % max(1, args.steps // 10) == 0:
             print(f"step {step + 1}/{args.steps}", flush=True)
 
-    rows = []
-    for name in args.methods:
-        if name == "vp":
-            fit_vp_codebook(models[name], train, args)
-        metrics = evaluate(models[name], test)
-        step_ms = 1e3 * statistics.median(times[name][min(10, args.steps - 1):])
-        rows.append((name, metrics, step_ms))
-        if name == "fsp":  # the same trained model, centroids refitted by Lloyd-Max (beyond the paper)
-            refit_fsp_centroids(models[name], train, args)
-            rows.append(("fsp+refit", evaluate(models[name], test), step_ms))
+    models, times = train_side_by_side(args.methods, args, train, report_step)
+    rows = compare(models, times, args, train, test)
     reference = dict((n, ms) for n, _, ms in rows).get("fsq")
 
     print(f"\nFashion-MNIST, K={K}, {args.steps} steps of batch {args.batch}, seed {args.seed}, "
