@@ -59,12 +59,12 @@ PRETRAINED: dict[str, dict[str, Any]] = {
         "2500 CPU steps",
     },
     "fsp-speech16k": {
-        # trained and evaluated on CPU: docs/results.md; small and low quality (PESQ-WB 1.16 on LibriVox)
+        # trained and evaluated on CPU: docs/results.md; small and low quality (PESQ-WB 1.28 on LibriVox)
         "path": "fsp-speech16k",
-        "sha256": "465fb10a00ae0f25d8f14f22429fbda2dc9105c5d119e381e87af6f489f27ee4",
+        "sha256": "fb750b5f07bad0874d07972b50b8af6d86be10fdfd64501b0e7694160f543c4a",
         "modality": "audio",
         "recipe": "configs/speech-fsp.toml",
         "description": "AudioTokenizer + FSP (4096 codes), 16 kHz speech -> 400 tokens/s (4.8 kbit/s), "
-        "3000 CPU steps",
+        "8000 CPU steps",
     },
 }
