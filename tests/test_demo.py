@@ -31,7 +31,7 @@ def test_demo_pivq_fashion(tmp_path):
     assert "tokens per image    32" in out and "log2 C(512, 32)" in out
     assert "distinct codes      32.0 per image" in out  # matching: every code of a set is distinct
     psnr = float(re.search(r"PSNR\s+([\d.]+) dB", out).group(1))
-    assert 16.0 < psnr < 20.0  # the card's 1000-image PSNR is 17.86 dB
+    assert 17.0 < psnr < 21.0  # the card's 1000-image PSNR is 18.78 dB
     novelty = float(re.search(r"([\d.]+) mean L1 to the closest original", out).group(1))
     assert novelty > 0.05  # samples are new images, not copies of an original
     image = np.asarray(Image.open(tmp_path / "demo.png"))

@@ -52,11 +52,11 @@ PRETRAINED: dict[str, dict[str, Any]] = {
     "pivq-fashion": {
         # trained and evaluated on CPU: docs/results.md; the model card holds the eval table + protocol
         "path": "pivq-fashion",
-        "sha256": "ccb8c26f97fad2ddbaf098634964dc2267a9e7c61fb39a46698cf42f1575bdf4",
+        "sha256": "d8f62dbd6cc946893a7e9a350eb750c9596e843d3e08063524c06e5a2aae8c09",
         "modality": "image",
         "recipe": "configs/pivq-fashion.toml",
         "description": "PI-VQ set tokenizer, matching quantization (K=512), Fashion-MNIST 28x28 -> 32 codes, "
-        "2500 CPU steps",
+        "6000 CPU steps",
     },
     "fsp-speech16k": {
         # trained and evaluated on CPU: docs/results.md; small and low quality (PESQ-WB 1.28 on LibriVox)
