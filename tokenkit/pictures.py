@@ -36,6 +36,14 @@ def _to_uint8(images: Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).numpy()
 
 
+def _enlarged_tiles(images: Tensor) -> np.ndarray:
+    """``(N, C, H, W)`` in [-1, 1] -> ``(N, H', W', C)`` uint8, enlarged (nearest) to at least 64 px
+    so small images can be seen."""
+    scale = max(1, math.ceil(64 / max(images.shape[-2:])))
+    tiles = _to_uint8(images)
+    return tiles.repeat(scale, 1).repeat(scale, 2) if scale > 1 else tiles
+
+
 def reconstruction_grid(
     originals: Tensor, reconstructions: Tensor, path: str | os.PathLike, nrow: int = 8, pad: int = 2
 ) -> Path:
@@ -51,12 +59,8 @@ def reconstruction_grid(
         )
     if nrow < 1 or len(originals) == 0:
         raise ValueError(f"need nrow >= 1 and at least one image, got nrow={nrow}, N={len(originals)}")
-    n, c, h, w = originals.shape
-    scale = max(1, math.ceil(64 / max(h, w)))
-    a, b = _to_uint8(originals), _to_uint8(reconstructions)
-    if scale > 1:
-        a, b = (x.repeat(scale, 1).repeat(scale, 2) for x in (a, b))
-    h, w = h * scale, w * scale
+    a, b = _enlarged_tiles(originals), _enlarged_tiles(reconstructions)
+    n, h, w, c = a.shape
     cols, pairs = min(nrow, n), math.ceil(n / nrow)
     grid = np.full((pairs * (2 * h + 3 * pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
     for i in range(n):
@@ -80,19 +84,16 @@ def section_grid(
     shapes = {tuple(images.shape[1:]) for _, images in sections}
     if len(shapes) != 1 or any(images.dim() != 4 or len(images) == 0 for _, images in sections):
         raise ValueError(f"every section must hold images (N, C, H, W) of one C, H, W, got shapes {shapes}")
-    c, h, w = next(iter(shapes))
+    c = next(iter(shapes))[0]
     if c not in (1, 3) or nrow < 1:
         raise ValueError(f"need 1 or 3 channels and nrow >= 1, got C={c}, nrow={nrow}")
-    scale = max(1, math.ceil(64 / max(h, w)))
-    h, w, title_h = h * scale, w * scale, 14
+    sections = [(title, _enlarged_tiles(images)) for title, images in sections]
+    (h, w), title_h = sections[0][1].shape[1:3], 14
     cols = min(nrow, max(len(images) for _, images in sections))
     heights = [title_h + math.ceil(len(images) / nrow) * (h + pad) + pad for _, images in sections]
     grid = np.full((sum(heights) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
     top = 0
-    for (_, images), height in zip(sections, heights, strict=True):
-        tiles = _to_uint8(images)
-        if scale > 1:
-            tiles = tiles.repeat(scale, 1).repeat(scale, 2)
+    for (_, tiles), height in zip(sections, heights, strict=True):
         for i, tile in enumerate(tiles):
             row, col = divmod(i, nrow)
             y, x = top + title_h + pad + row * (h + pad), pad + col * (w + pad)
