@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from tokenkit.train.loop import warmup_cosine_lr
+
 
 @dataclass
 class PriorConfig:
@@ -114,14 +116,6 @@ class TokenPrior(nn.Module):
         return seq[:, 1:]
 
 
-def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
-    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to 0 at ``steps``."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return 0.5 * peak * (1.0 + math.cos(math.pi * progress))
-
-
 def train_prior(
     model: TokenPrior,
     tokens: Tensor,
@@ -141,7 +135,7 @@ def train_prior(
     bar = tqdm(range(steps), desc="AR prior", disable=not progress)
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, steps, lr, warmup)
+            group["lr"] = warmup_cosine_lr(step, steps, lr, warmup)
         batch = tokens[torch.randint(len(tokens), (batch_size,), generator=order)]
         loss = model(batch)
         optimizer.zero_grad(set_to_none=True)

@@ -204,13 +204,19 @@ def build_optimizer(model: Tokenizer, t: TrainSection) -> torch.optim.AdamW:
 
 def lr_at(step: int, t: TrainSection) -> float:
     """Learning rate for the step that follows ``step`` completed steps."""
-    if step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    if t.schedule == "constant":
+    if t.schedule == "constant" and step >= t.warmup_steps:
         return t.lr
-    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
-    floor = t.min_lr_ratio * t.lr
-    return floor + 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))) * (t.lr - floor)
+    return warmup_cosine_lr(step, t.steps, t.lr, t.warmup_steps, t.min_lr_ratio)
+
+
+def warmup_cosine_lr(step: int, steps: int, peak: float, warmup: int, min_ratio: float = 0.0) -> float:
+    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to ``min_ratio * peak``
+    at ``steps`` (for the step that follows ``step`` completed steps)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    floor = min_ratio * peak
+    return floor + 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))) * (peak - floor)
 
 
 def autocast(device: torch.device, enabled: bool):
