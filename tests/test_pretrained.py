@@ -1,12 +1,12 @@
-"""Every shipped image tokenizer: it loads offline by name, and its model card's numbers hold.
+"""Every shipped tokenizer: it loads offline by name and pinned; every image tokenizer's card numbers hold.
 
 Each card has two evaluations: the full one (the first 1000 Fashion-MNIST test images, with rFID
 and PRDC) and a quick check (the first 64 test images, no Inception features). The 64 images are
 kept in tests/data/fashion-mnist-test64 (cut from the Debian package, MIT), so this runs without
 the package: the test reproduces the quick check with ``tokenkit.eval.evaluate`` through the same
 Fashion-MNIST reader, and checks that those 64 images agree with the 1000-image numbers.
-What is particular to one tokenizer lives in ``test_pretrained_<name>.py``; the audio tokenizers
-(their own evaluation set) are tested there whole.
+What is particular to one tokenizer lives in ``test_pretrained_<name>.py``; there the audio
+tokenizers also check their card against their own evaluation set.
 """
 
 from __future__ import annotations
@@ -31,13 +31,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST64 = Path(__file__).parent / "data" / "fashion-mnist-test64"
 CHECK_BLOCK = re.compile(r"<!-- tokenkit-eval-json-check -->\n```json\n(.*?)\n```", re.DOTALL)
 
-# name -> what its files must hold
+# name -> what its files must hold (tokens: per image; audio tokenizers are checked in their own file)
 SHIPPED = {
     "vq-fashion": dict(architecture="ImageTokenizer", quantizer="ema", K=512, tokens=49, max_mb=5),
     "pivq-fashion": dict(architecture="PIVQTokenizer", quantizer="matching", K=512, tokens=32, max_mb=8),
     "fsp-fashion": dict(architecture="ImageTokenizer", quantizer="fsp", K=512, tokens=49, max_mb=5),
+    "fsp-speech16k": dict(architecture="AudioTokenizer", quantizer="fsp", K=4096, modality="audio", max_mb=4),
 }
-SHIPPED_AUDIO = {"fsp-speech16k"}  # tests/test_pretrained_fsp_speech16k.py
+IMAGES = sorted(n for n, want in SHIPPED.items() if want.get("modality", "image") == "image")
 
 
 def folder_of(name: str) -> Path:
@@ -49,14 +50,19 @@ def name(request) -> str:
     return request.param
 
 
-@pytest.fixture(scope="module")
-def card(name) -> str:
-    return (folder_of(name) / "README.md").read_text(encoding="utf-8")
+@pytest.fixture(scope="module", params=IMAGES)
+def image_name(request) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def tok(name):
-    return tokenkit.load(name)
+def card(image_name) -> str:
+    return (folder_of(image_name) / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def tok(image_name):
+    return tokenkit.load(image_name)
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +74,15 @@ def quick_check(tok, one_thread):
 
 def test_every_shipped_folder_is_tested():
     folders = (REPO_ROOT / "tokenkit" / "pretrained").iterdir()
-    assert {p.name for p in folders if p.is_dir() and p.name != "__pycache__"} == set(SHIPPED) | SHIPPED_AUDIO
-    for name in set(SHIPPED) | SHIPPED_AUDIO:
+    assert {p.name for p in folders if p.is_dir() and p.name != "__pycache__"} == set(SHIPPED)
+    for name in SHIPPED:
         assert (Path(__file__).parent / f"test_pretrained_{name.replace('-', '_')}.py").is_file(), name
 
 
 def test_registered_pinned_and_small(name):
     entry, folder = hub.pretrained_entry(name), folder_of(name)
     assert name in tokenkit.list_pretrained()
-    assert entry.modality == "image"
+    assert entry.modality == SHIPPED[name].get("modality", "image")
     assert Path(entry.path) == folder
     assert entry.sha256 == hub.weights_sha256(folder)
     assert (REPO_ROOT / entry.recipe).is_file()
@@ -105,21 +111,21 @@ def test_recipe_is_the_shipped_config(name):
             assert config[key] == value, key
 
 
-def test_card_records_the_full_protocol(name, card):
+def test_card_records_the_full_protocol(image_name, card):
     full = read_eval_results(card)
     protocol = full["protocol"]
     assert protocol["dataset"] == "fashion-mnist" and protocol["split"] == "test"
     assert protocol["num_items"] == 1000
     assert len(protocol["feature_network"]["sha256"]) == 64
-    assert protocol["tokenizer"] == json.loads((folder_of(name) / "config.json").read_text())
+    assert protocol["tokenizer"] == json.loads((folder_of(image_name) / "config.json").read_text())
     metrics = full["metrics"]
     for key in ("psnr", "ssim", "rfid", "precision", "recall", "density", "coverage", "cvu"):
         assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
-    assert metrics["tokens_per_image"] == SHIPPED[name]["tokens"] and metrics["bits_per_token"] == 9.0
+    assert metrics["tokens_per_image"] == SHIPPED[image_name]["tokens"] and metrics["bits_per_token"] == 9.0
     assert f"| psnr | {metrics['psnr']:.4g} |" in card  # the table shows the JSON's numbers
 
 
-def test_quick_check_is_reproduced(name, card, quick_check):
+def test_quick_check_is_reproduced(image_name, card, quick_check):
     expected = json.loads(CHECK_BLOCK.search(card).group(1))
     assert expected["protocol"]["num_items"] == quick_check["protocol"]["num_items"] == 64
     assert expected["protocol"]["split"] == "test"
@@ -129,7 +135,7 @@ def test_quick_check_is_reproduced(name, card, quick_check):
     # tokens come from an argmin or an exact assignment: identical unless there is a tie
     for key in ("cvu", "perplexity", "codes_used_fraction", "distinct_codes_per_image"):
         assert got[key] == pytest.approx(want[key], rel=1e-2), key
-    assert got["tokens_per_image"] == want["tokens_per_image"] == SHIPPED[name]["tokens"]
+    assert got["tokens_per_image"] == want["tokens_per_image"] == SHIPPED[image_name]["tokens"]
 
 
 def test_quick_check_agrees_with_the_full_test_set(card, tok, fashion_test64, one_thread):

@@ -1,33 +1,30 @@
-"""The shipped audio tokenizer ``fsp-speech16k``: registry, card, and its quick check reproduced.
+"""The shipped audio tokenizer ``fsp-speech16k``: its card, and its quick check reproduced.
 
 Its card holds the evaluation on the 5 held-out LibriVox clips of Debian ``pocketsphinx-testdata``
 (PESQ-WB, STOI, code usage, bitrate) and a quick check on 2 of them, kept in
 tests/data/librivox-test2 (so this runs where the Debian package is not installed): the test
 evaluates the shipped tokenizer on those 2 clips with ``tokenkit.eval.evaluate`` and compares.
+Its registry entry, offline loading and recipe are checked with every shipped tokenizer in
+test_pretrained.py.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
-import huggingface_hub
 import pytest
 import torch
+from test_pretrained import CHECK_BLOCK, folder_of
 
 import tokenkit
-from tokenkit import hub
 from tokenkit.eval import evaluate
 from tokenkit.model_card import read_eval_results
-from tokenkit.train.config import load_config
 
 NAME = "fsp-speech16k"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-FOLDER = REPO_ROOT / "tokenkit" / "pretrained" / NAME
+FOLDER = folder_of(NAME)
 TEST2 = Path(__file__).parent / "data" / "librivox-test2"
-CHECK_BLOCK = re.compile(r"<!-- tokenkit-eval-json-check -->\n```json\n(.*?)\n```", re.DOTALL)
 HOP, K = 40, 4096
 
 
@@ -39,30 +36,6 @@ def card() -> str:
 @pytest.fixture(scope="module")
 def tok():
     return tokenkit.load(NAME)
-
-
-def test_registered_pinned_loads_offline(monkeypatch):
-    def no_network(*args, **kwargs):
-        raise AssertionError("a shipped tokenizer must not touch the Hub")
-
-    entry = hub.pretrained_entry(NAME)
-    assert entry.modality == "audio" and Path(entry.path) == FOLDER
-    assert entry.sha256 == hub.weights_sha256(FOLDER)
-    assert (FOLDER / "model.safetensors").stat().st_size < 4 * 2**20
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
-    tok = tokenkit.load(NAME)
-    assert type(tok).__name__ == "AudioTokenizer" and not tok.training
-    assert tok.config_dict()["quantizer"] == "fsp" and tok.codebook_size == K
-
-
-def test_recipe_is_the_shipped_config():
-    model = load_config(REPO_ROOT / hub.pretrained_entry(NAME).recipe).model
-    config = json.loads((FOLDER / "config.json").read_text())
-    for key, value in model.items():
-        if isinstance(value, dict):
-            assert {k: config[key][k] for k in value} == value, key
-        else:
-            assert config[key] == value, key
 
 
 def test_card_records_the_librivox_evaluation(card):
