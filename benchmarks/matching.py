@@ -96,6 +96,7 @@ def bench_solver(args: argparse.Namespace, device: torch.device) -> None:
                 fns["scipy + threads"] = partial(scipy_threads, host64, args.threads)
             fns["tokenkit assign(auto)"] = partial(assign, cost, "auto", threads=args.threads)
             if device.type == "cpu":
+                fns["tokenkit assign(lapx)"] = partial(assign, cost, "lapx", threads=args.threads)
                 fns["tokenkit assign(scipy)"] = partial(assign, cost, "scipy", threads=args.threads)
             if device.type == "cuda":
                 fns["tokenkit assign(lapx) from GPU"] = partial(assign, cost, "lapx", threads=args.threads)

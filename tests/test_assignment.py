@@ -9,7 +9,7 @@ from scipy.optimize import linear_sum_assignment
 
 from tokenkit.ops.assignment import assign, auction, candidate_columns, certification_tolerance, dual_gap
 
-BACKENDS = ["lapx", "scipy", "auction", "auto"]
+BACKENDS = ["sparse", "lapx", "scipy", "auction", "auto"]
 
 
 def squared_distance_cost(b: int, n: int, k: int, d: int, spread: float, seed: int) -> torch.Tensor:

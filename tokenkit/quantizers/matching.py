@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from tokenkit.ops import distributed
-from tokenkit.ops.assignment import BACKENDS, assign
+from tokenkit.ops.assignment import BACKENDS, assign_codes
 from tokenkit.ops.kmeans import kmeans_consistent
 from tokenkit.ops.nearest import nearest_code
 from tokenkit.quantizers.base import (
@@ -61,7 +61,7 @@ class MatchingConfig(QuantizerConfig):
     init_samples: int = 65536  # latents kept during the warm-up for the k-means
     kmeans_iters: int = 10
     kmeans_seed: int = 0
-    solver: str = "auto"  # assignment backend: "auto", "lapx", "scipy", "auction"
+    solver: str = "auto"  # assignment backend: "auto", "sparse", "lapx", "scipy", "auction"
     solver_threads: int = 0  # host solver threads (0: os.cpu_count())
 
     def __post_init__(self) -> None:
@@ -104,7 +104,6 @@ class MatchingQuantizer(Quantizer):
             self.register_buffer("embed_sum", embedding.clone())  # m_k = N_k e_k
         self.register_buffer("warmup_steps_done", torch.tensor(0, dtype=torch.long))
         self._warmup_latents: list[Tensor] = []  # kept only until the delayed init (not state)
-        self._cost_buffer: Tensor | None = None
 
     @property
     def codebook_size(self) -> int:
@@ -139,32 +138,15 @@ class MatchingQuantizer(Quantizer):
             return torch.empty(z.shape[:-1], dtype=torch.long, device=z.device)
         e = self.embedding.detach()
         batch = z.detach().reshape(-1, n, self.dim)
-        cost = self._cost(batch, e)  # C_ik = |e_k|^2 - 2 z_i . e_k
-        if mask is not None:
-            cost.masked_fill_(~mask.reshape(-1, n, 1), 0.0)  # padded rows: constant, take leftovers
-        indices = assign(cost, self.config.solver, threads=self.config.solver_threads or None)
-        if mask is not None:
-            flat_mask = mask.reshape(-1, n)
-            if not bool(flat_mask.all()):
-                padded = ~flat_mask
-                indices[padded] = nearest_code(batch[padded], e)
+        flat_mask = None if mask is None else mask.reshape(-1, n)
+        # C_ik = |e_k|^2 - 2 z_i . e_k; padded rows get a constant cost and take leftover codes
+        indices = assign_codes(
+            batch, e, flat_mask, self.config.solver, threads=self.config.solver_threads or None
+        )
+        if flat_mask is not None and not bool(flat_mask.all()):
+            padded = ~flat_mask
+            indices[padded] = nearest_code(batch[padded], e)
         return indices.reshape(z.shape[:-1])
-
-    @torch.no_grad()
-    def _cost(self, batch: Tensor, e: Tensor) -> Tensor:
-        """``(B, N, K)`` cost ``|e_k|^2 - 2 z_i . e_k`` as one plain GEMM ``[z, 1] @ [-2e, |e|^2]^T``
-        (no broadcast pass for the bias), into a buffer reused across calls (fresh large CPU
-        allocations fault pages)."""
-        b, n, _ = batch.shape
-        shape = (b, n, self.codebook_size)
-        buf = self._cost_buffer
-        if buf is None or buf.shape != shape or buf.device != batch.device:
-            buf = torch.empty(shape, dtype=torch.float32, device=batch.device)
-            self._cost_buffer = buf
-        z1 = torch.cat([batch.reshape(b * n, -1), batch.new_ones(b * n, 1)], dim=1)
-        e1 = torch.cat([-2.0 * e, e.square().sum(1, keepdim=True)], dim=1)
-        torch.mm(z1, e1.t(), out=buf.view(b * n, -1))
-        return buf
 
     # -- forward -------------------------------------------------------------------------------
     def _quantize(self, z: Tensor, mask: Tensor | None) -> QuantizerOutput:
