@@ -128,8 +128,8 @@ def assign_codes(
     ``C_ik = |e_k|^2 - 2 z_i . e_k`` (the ``|z_i|^2`` term is constant per row).
 
     On CPU with the ``"sparse"`` backend (``"auto"`` when numba is there) the costs are never held
-    whole: each worker thread makes a tile of :data:`TILE_MATRICES` cost matrices with one GEMM and
-    runs the certified candidate-list solver on it while it is in cache. Matrices it cannot certify
+    whole: each worker thread makes a tile of cost matrices (about :data:`TILE_BYTES`) with one GEMM
+    and runs the certified candidate-list solver on it while it is in cache. Matrices it cannot certify
     are solved densely afterwards. Other backends get the whole ``(B, N, K)`` cost.
     """
     if z.dim() != 3 or codebook.dim() != 2 or z.shape[2] != codebook.shape[1]:
@@ -163,8 +163,10 @@ def code_costs(z: Tensor, codebook: Tensor, mask: Tensor | None = None, out: Ten
     return out
 
 
-#: cost matrices per tile in :func:`assign_codes` (2 MiB for 256 x 1024: stays in L2)
-TILE_MATRICES = 2
+#: bytes of cost per tile in :func:`assign_codes` (two 256 x 1024 matrices: stays in L2)
+TILE_BYTES = 2 * 2**20
+#: tiles a worker thread must have before a second one pays for itself
+MIN_TILES_PER_WORKER = 8
 
 
 def _assign_codes_tiled(z: Tensor, codebook: Tensor, mask: Tensor | None, threads: int | None) -> Tensor:
@@ -178,14 +180,15 @@ def _assign_codes_tiled(z: Tensor, codebook: Tensor, mask: Tensor | None, thread
     columns = np.zeros((b, n), dtype=np.int64)
     certified = np.zeros(b, dtype=np.bool_)
     attempts = Attempts()
-    starts = iter(range(0, b, TILE_MATRICES))  # shared by the workers: next() is atomic under the GIL
+    per_tile = max(1, TILE_BYTES // (4 * n * k))
+    starts = iter(range(0, b, per_tile))  # shared by the workers: next() is atomic under the GIL
 
     def work() -> None:
-        tile = torch.empty(TILE_MATRICES, n, k, dtype=torch.float32)
+        tile = torch.empty(min(per_tile, b), n, k, dtype=torch.float32)
         for start in starts:
             if not attempts.worth_trying():
                 return
-            stop = min(b, start + TILE_MATRICES)
+            stop = min(b, start + per_tile)
             cost = tile[: stop - start]
             torch.mm(rows[start * n : stop * n], codes, out=cost.view(-1, k))
             if mask is not None:
@@ -193,7 +196,8 @@ def _assign_codes_tiled(z: Tensor, codebook: Tensor, mask: Tensor | None, thread
             solve_sparse_into(cost.numpy(), columns[start:stop], certified[start:stop])
             attempts.record(certified[start:stop])
 
-    _run_on_threads(work, min(threads or os.cpu_count() or 1, -(-b // TILE_MATRICES)))
+    tiles = -(-b // per_tile)
+    _run_on_threads(work, min(threads or os.cpu_count() or 1, max(1, tiles // MIN_TILES_PER_WORKER)))
     out = torch.from_numpy(columns)
     if not certified.all():  # contended latents: the dense solver on the rest
         rest = torch.from_numpy(~certified)
@@ -207,7 +211,7 @@ def _run_on_threads(work, workers: int) -> None:
 
     Each worker's GEMMs then run on its own core. With torch's default intra-op threads instead,
     OpenMP workers spin-wait after every GEMM on the cores the solver needs (measured: 14 ms against
-    22 ms for GEMM + solve of 64 x 256 x 1024 on 2 cores).
+    22 ms for GEMM + solve of 64 x 256 x 1024 on 2 cores). The threads are kept between calls.
     """
     if workers <= 1:
         work()
@@ -219,11 +223,20 @@ def _run_on_threads(work, workers: int) -> None:
         work()
 
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for future in [pool.submit(one_thread_work) for _ in range(workers)]:
-                future.result()
+        for future in [_worker_pool().submit(one_thread_work) for _ in range(workers)]:
+            future.result()
     finally:
         torch.set_num_threads(saved)
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _worker_pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="tokenkit-assign")
+    return _POOL
 
 
 def _with_ones(x: Tensor) -> Tensor:

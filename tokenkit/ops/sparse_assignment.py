@@ -152,13 +152,16 @@ def _certified_matrix(c, lists, duals, rows):  # pragma: no cover - compiled
     """Lists, relaxed solve, certificate and list growing for one matrix ``c``; True when certified."""
     n, k = c.shape
     _group_minima(c, lists.mins, lists.row_min)
-    lists.tau[:] = lists.row_min + _margin(lists.mins, lists.row_min)
-    rows[:] = np.arange(n)
+    delta = _margin(lists.mins, lists.row_min)
+    for i in range(n):
+        lists.tau[i] = lists.row_min[i] + delta
+        rows[i] = i
+        duals.u[i] = 0.0
+        duals.col4row[i] = -1
     _fill_lists(c, rows, n, lists)
-    duals.u[:] = 0.0
-    duals.v[:] = 0.0
-    duals.col4row[:] = -1
-    duals.row4col[:] = -1
+    for j in range(k + n):
+        duals.v[j] = 0.0
+        duals.row4col[j] = -1
     n_rows = _take_free_minima(rows, lists, duals)
     for _ in range(ROUNDS):
         _shortest_augmenting_paths(rows, n_rows, lists, duals)
@@ -213,11 +216,32 @@ def _margin(mins, row_min):  # pragma: no cover - compiled
     """``delta``: over the first 8 rows, the mean of (``DEPTH``-th smallest group minimum - row
     minimum), so that a row keeps a few groups' worth of columns (about 5 on Gaussian latents)."""
     probe = min(mins.shape[0], 8)
+    smallest = np.empty(DEPTH, np.float32)
     total = 0.0
     for i in range(probe):
-        total += np.sort(mins[i])[DEPTH - 1] - row_min[i]
+        total += _kth_smallest(mins[i], smallest) - row_min[i]
     delta = total / probe
     return delta if delta > 0.0 else 1e-30
+
+
+@njit(nogil=True, cache=True)
+def _kth_smallest(a, smallest):  # pragma: no cover - compiled
+    """The ``len(smallest)``-th smallest entry of ``a``, by insertion into the sorted ``smallest``."""
+    kth = smallest.shape[0]
+    filled = 0
+    for x in a:
+        if filled < kth:
+            p = filled
+            filled += 1
+        elif x < smallest[kth - 1]:
+            p = kth - 1
+        else:
+            continue
+        while p > 0 and smallest[p - 1] > x:
+            smallest[p] = smallest[p - 1]
+            p -= 1
+        smallest[p] = x
+    return smallest[kth - 1]
 
 
 @njit(nogil=True, cache=True)
