@@ -5,7 +5,11 @@
    (z ~ N(0, 0.1^2 I): all latents near one point, every row wants the same codes), against a
    scipy ``linear_sum_assignment`` loop and scipy in a thread pool; every result's total cost is
    checked against the scipy loop's optimum.
-2. A full training step (cost + exact solve + straight-through + loss, forward and backward) of the
+   ``assign(auto)`` is the certified candidate-list solver on CPU (``"sparse"``), ``assign(lapx)``
+   the dense Jonker-Volgenant one it falls back to.
+2. From latents to codes, as the quantizer does it: ``assign_codes`` (cost tiles made and solved in
+   cache) against building the whole cost with one GEMM and solving it with lapx.
+3. A full training step (cost + exact solve + straight-through + loss, forward and backward) of the
    ``matching`` quantizer against a ``nearest`` (VQ-VAE) step on the same input and codebook.
 
 Methods take turns round by round and the medians are reported, so machine noise hits all alike.
@@ -29,7 +33,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from tokenkit import quantizers
-from tokenkit.ops.assignment import assign
+from tokenkit.ops.assignment import assign, assign_codes, code_costs
 
 REGIMES = {"well-spread": 1.0, "contended": 0.1}
 
@@ -114,6 +118,35 @@ def bench_solver(args: argparse.Namespace, device: torch.device) -> None:
                 print(f"{regime:12} {k:5d} {name:28} {t:9.2f} {base / t:13.1f}x {excess:16.2e}")
 
 
+def whole_cost_then_lapx(z: torch.Tensor, e: torch.Tensor, threads: int, out: torch.Tensor) -> torch.Tensor:
+    """The whole (B, N, K) cost into a reused buffer (a fresh 64 MB one faults pages), then lapx."""
+    return assign(code_costs(z, e, out=out), "lapx", threads=threads)
+
+
+def bench_from_latents(args: argparse.Namespace, device: torch.device) -> None:
+    b, n, d, k = args.batch, args.latents, args.dim, args.codes[0]
+    print(f"\n2. latents to distinct codes (GEMM + exact solve), z of shape ({b}, {n}, {d}), K={k}, "
+          f"device={device}, {args.threads} threads")
+    print(f"{'regime':12} {'method':34} {'ms':>9} {'vs first row':>14} {'max rel. excess':>16}")
+    for regime, spread in REGIMES.items():
+        g = torch.Generator().manual_seed(2)
+        z = (torch.randn(b, n, d, generator=g) * spread).to(device)
+        e = torch.randn(k, d, generator=g).to(device)
+        host = code_costs(z, e).float().cpu().numpy()
+        fns: dict[str, Callable[[], object]] = {
+            "whole cost + assign(lapx)": partial(whole_cost_then_lapx, z, e, args.threads, torch.empty_like(
+                torch.from_numpy(host)).to(device)),
+            "assign_codes(auto)": partial(assign_codes, z, e, threads=args.threads),
+        }
+        rounds = args.rounds if regime == "well-spread" else max(1, args.rounds // 2)
+        ms = interleaved_medians(fns, rounds, device)
+        base = next(iter(ms.values()))
+        optimum = totals(host, fns["whole cost + assign(lapx)"]())
+        for name, t in ms.items():
+            excess = float(np.max((totals(host, fns[name]()) - optimum) / np.abs(optimum)))
+            print(f"{regime:12} {name:34} {t:9.2f} {base / t:13.1f}x {excess:16.2e}")
+
+
 def train_step(q: torch.nn.Module, x: torch.Tensor, w: torch.Tensor) -> None:
     """cost/lookup + straight-through + loss, forward and backward."""
     z = x.detach().requires_grad_(True)
@@ -124,7 +157,7 @@ def train_step(q: torch.nn.Module, x: torch.Tensor, w: torch.Tensor) -> None:
 
 def bench_training_step(args: argparse.Namespace, device: torch.device) -> None:
     b, n, d, k = args.batch, args.latents, args.dim, args.codes[0]
-    print(f"\n2. training step (forward + backward), z of shape ({b}, {n}, {d}), K={k}, device={device}, "
+    print(f"\n3. training step (forward + backward), z of shape ({b}, {n}, {d}), K={k}, device={device}, "
           f"{args.threads} threads")
     print(f"{'regime':12} {'quantizer':10} {'ms':>9} {'vs nearest':>11}")
     torch.manual_seed(0)
@@ -158,7 +191,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="solver threads (lapx, scipy pools) and torch intra-op threads")
     parser.add_argument("--auction", action="store_true", help="also time the auction backend on CPU")
-    parser.add_argument("--skip-step", action="store_true", help="only the solver table")
+    parser.add_argument("--skip-step", action="store_true", help="only the solver table (1.)")
     parser.add_argument("--no-scipy", action="store_true",
                         help="skip the scipy rows (ratios then relative to the first row; optimum from lapx)")
     args = parser.parse_args()
@@ -167,6 +200,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, numpy {np.__version__}")
     bench_solver(args, device)
     if not args.skip_step:
+        bench_from_latents(args, device)
         bench_training_step(args, device)
 
 

@@ -129,3 +129,16 @@ def test_assign_codes_rejects_bad_shapes() -> None:
         assign_codes(torch.zeros(2, 3), torch.zeros(4, 3))
     with pytest.raises(ValueError, match="N <= K"):
         assign_codes(torch.zeros(1, 9, 3), torch.zeros(4, 3))
+
+
+def test_auto_falls_back_to_a_dense_solver_without_numba(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from tokenkit.ops import assignment
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "numba" else real(name))
+    assert assignment._sparse_or_dense() == "lapx"
+    z, e = latents_and_codes(2, 16, 256, 8, 1.0, seed=6)
+    cost = code_costs(z, e).numpy()
+    np.testing.assert_allclose(totals(cost, assign_codes(z, e).numpy()), scipy_totals(cost), rtol=1e-6)

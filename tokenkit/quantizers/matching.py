@@ -9,8 +9,9 @@ equations below are our design (see docs/pivq.md and DESIGN.md §4).
 
 - Assignment: ``sigma* = argmin_{sigma injective} sum_i ||z_i - e_sigma(i)||^2``. Per row the
   ``||z_i||^2`` term is constant, so the cost matrix is
-  ``C_ik = ||e_k||^2 - 2 z_i . e_k`` (one GEMM for the whole batch), solved exactly by
-  :func:`tokenkit.ops.assignment.assign` (lapx on CPU, a certified auction on GPU).
+  ``C_ik = ||e_k||^2 - 2 z_i . e_k`` (GEMMs), solved exactly by
+  :func:`tokenkit.ops.assignment.assign_codes` (on CPU: certified candidate lists, tile by tile,
+  with lapx for what they cannot certify; on GPU: a certified auction).
 - ``z_q,i = e_sigma*(i)``, straight-through gradients (Bengio et al. 2013), and the VQ-VAE loss
   (van den Oord et al. 2017, Eq. 3): ``||sg[z] - z_q||^2 + beta ||z - sg[z_q]||^2``; or, with
   ``codebook_update="ema"``, only the commitment term and the EMA updates of the VQ-VAE appendix
