@@ -142,3 +142,28 @@ def test_auto_falls_back_to_a_dense_solver_without_numba(monkeypatch: pytest.Mon
     z, e = latents_and_codes(2, 16, 256, 8, 1.0, seed=6)
     cost = code_costs(z, e).numpy()
     np.testing.assert_allclose(totals(cost, assign_codes(z, e).numpy()), scipy_totals(cost), rtol=1e-6)
+
+
+@pytest.mark.parametrize("k", [256, 300])  # 300: a partial last group
+def test_every_dropped_entry_costs_at_least_the_virtual_cost(k: int) -> None:
+    from tokenkit.ops import sparse_assignment as sa
+
+    n = 40
+    cost = np.random.default_rng(k).normal(size=(n, k)).astype(np.float32)
+    cost[3, :5] = cost[3].min()  # ties within a row
+    g = sa.GROUPS
+    lists = sa.Lists(np.empty((n, g), np.float32), np.empty((n, g), np.int32), np.empty((n, g), np.float32),
+                     np.empty(n), np.empty(n, np.int64), np.empty(n), np.empty(n), np.empty(n, np.int64),
+                     np.empty((n, sa.WIDTH + 1), np.int64), np.empty((n, sa.WIDTH + 1)))
+    sa._group_statistics(cost, lists)
+    np.testing.assert_array_equal(lists.row_min, cost.min(1))
+    sa._lists_from_groups(0.5, k, lists)
+    for i in range(n):
+        count = lists.count[i]
+        kept, virtual = lists.cols[i, : count - 1], lists.cols[i, count - 1]
+        assert virtual == k + i and lists.vals[i, count - 1] == lists.bound[i]
+        np.testing.assert_array_equal(lists.vals[i, : count - 1], cost[i, kept])
+        assert cost[i, lists.argmin[i]] == cost[i].min()
+        dropped = np.setdiff1d(np.arange(k), kept)
+        assert cost[i, dropped].min() >= lists.bound[i]
+        assert (cost[i, kept] <= lists.row_min[i] + 0.5).all()

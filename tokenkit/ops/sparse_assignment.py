@@ -7,23 +7,27 @@ cheapest column), yet a dense solver reads all ``N K`` entries several times. Th
 small sparse problem instead and proves that its answer is optimal for the dense one. The
 certificate is our own (see docs/pivq.md); the solver is the textbook one.
 
-Candidate lists. Row ``i`` keeps the columns with ``C_ij <= tau_i``, where ``tau_i = m_i + delta``,
-``m_i = min_j C_ij``, and ``delta`` is set per matrix so that a row keeps a handful of columns. Each
-row also gets a private virtual column ``o_i`` of cost ``tau_i``: every column that row ``i`` dropped
-costs more than that.
+Candidate lists. One pass over the matrix records, per row ``i`` and column group (``j mod 64``),
+the smallest entry, its column and the second smallest entry. Row ``i`` first keeps the minimum of
+every group whose minimum is within ``delta`` of the row minimum ``m_i`` (``delta`` is set per
+matrix so that a row keeps a handful), without reading the matrix again. It also gets a private
+virtual column ``o_i`` whose cost ``t_i`` is no more than any entry it dropped: the smallest of the
+minima of the groups it left out and of the second entries of the groups it kept.
 
 Certificate. Call the sparse problem with the virtual columns the *relaxed* problem.
 
 - Its optimum is a lower bound on the dense optimum. Take any dense assignment and move every row
   that uses a dropped column to its own virtual column. That is feasible for the relaxed problem,
-  because virtual columns are private, and no dearer, because ``tau_i <`` the dropped cost.
+  because virtual columns are private, and no dearer, because ``t_i <=`` the dropped cost.
 - A relaxed optimum that uses no virtual column is itself a dense assignment, so its cost is also
   an upper bound on the dense optimum.
 
 So such an optimum is optimal for the dense problem, whatever the dense problem's other entries are.
 
-When some rows take their virtual columns, their lists grow (``tau_i`` moves twice as far from
-``m_i``) and they re-enter the relaxed problem, whose other rows keep their matching and duals.
+When some rows take their virtual columns, their lists are made again by scanning their rows for
+every column that costs at most ``tau_i``, with ``tau_i`` twice as far from ``m_i`` each time and
+virtual cost ``tau_i``. They re-enter the relaxed problem, whose other rows keep their matching and
+duals.
 When more than a quarter of the rows go outside (latents contending for the same codes), or after
 :data:`ROUNDS` rounds, the matrix is reported as not certified and the caller solves it densely;
 after a few such matrices the rest of the batch goes to the dense solver untried (:class:`Attempts`).
@@ -51,18 +55,20 @@ from numba import njit
 GROUPS = 64
 #: matrices narrower than this go straight to the dense solver (they are cheap there)
 MIN_CODES = 4 * GROUPS
-#: a row's list holds at most this many real columns
+#: a row's list holds at most this many real columns (at least GROUPS)
 WIDTH = 64
 #: ``delta`` is set so that about ``DEPTH`` groups of a row have their minimum within ``delta``
+#: (6 or 8 made more rows go outside: a kept group's second entry lowers the virtual cost)
 DEPTH = 4
 #: list-growing rounds before a matrix is handed to the dense solver
 ROUNDS = 12
 #: matrices per task given to a worker thread
 CHUNK = 4
 
-#: per row: group minima, row minimum ``m_i`` and its column, threshold ``tau_i``, list length
-#: (virtual edge included), list columns and costs
-Lists = namedtuple("Lists", "mins row_min argmin tau count cols vals")
+#: per row and group: the smallest entry, where it is, the second smallest; per row: the minimum
+#: ``m_i`` and its column, threshold ``tau_i``, virtual cost, list length (virtual edge included),
+#: list columns and costs
+Lists = namedtuple("Lists", "mins where second row_min argmin tau bound count cols vals")
 #: the solver's state: duals ``u`` (rows) and ``v`` (k real + n virtual columns), the matching both
 #: ways, and Dijkstra's work arrays
 Duals = namedtuple("Duals", "u v col4row row4col dist path scanned touched frontier tree")
@@ -136,8 +142,10 @@ def _solve_matrices(cost, columns, certified):  # pragma: no cover - compiled
     """Every matrix of ``cost``, one after the other, with buffers shared between them."""
     n, k = cost.shape[1], cost.shape[2]
     m = k + n
-    lists = Lists(np.empty((n, GROUPS), np.float32), np.empty(n), np.empty(n, np.int64), np.empty(n),
-                  np.empty(n, np.int64), np.empty((n, WIDTH + 1), np.int64), np.empty((n, WIDTH + 1)))
+    lists = Lists(np.empty((n, GROUPS), np.float32), np.empty((n, GROUPS), np.int32),
+                  np.empty((n, GROUPS), np.float32), np.empty(n), np.empty(n, np.int64), np.empty(n),
+                  np.empty(n), np.empty(n, np.int64), np.empty((n, WIDTH + 1), np.int64),
+                  np.empty((n, WIDTH + 1)))
     duals = Duals(np.empty(n), np.empty(m), np.empty(n, np.int64), np.empty(m, np.int64),
                   np.full(m, np.inf), np.empty(m, np.int64), np.zeros(m, np.bool_),
                   np.empty(m, np.int64), np.empty(m, np.int64), np.empty(n, np.int64))
@@ -151,14 +159,11 @@ def _solve_matrices(cost, columns, certified):  # pragma: no cover - compiled
 def _certified_matrix(c, lists, duals, rows):  # pragma: no cover - compiled
     """Lists, relaxed solve, certificate and list growing for one matrix ``c``; True when certified."""
     n, k = c.shape
-    _group_minima(c, lists.mins, lists.row_min)
-    delta = _margin(lists.mins, lists.row_min)
+    _group_statistics(c, lists)
+    _lists_from_groups(_margin(lists.mins, lists.row_min), k, lists)
     for i in range(n):
-        lists.tau[i] = lists.row_min[i] + delta
-        rows[i] = i
         duals.u[i] = 0.0
         duals.col4row[i] = -1
-    _fill_lists(c, rows, n, lists)
     for j in range(k + n):
         duals.v[j] = 0.0
         duals.row4col[j] = -1
@@ -187,28 +192,44 @@ def _certified_matrix(c, lists, duals, rows):  # pragma: no cover - compiled
 
 
 @njit(nogil=True, cache=True, fastmath=True)
-def _group_minima(c, mins, row_min):  # pragma: no cover - compiled
-    """``mins[i, g] = min {c[i, j] : j = g mod GROUPS}`` and ``row_min[i] = min_j c[i, j]``.
+def _group_statistics(c, lists):  # pragma: no cover - compiled
+    """Per row ``i`` and group ``g`` (the columns ``j = g mod GROUPS``): the smallest entry, its column
+    and the second smallest entry; and the row minimum ``m_i``.
 
-    One streaming pass over the matrix; the inner loop runs over ``GROUPS`` adjacent entries and
-    vectorises (a compile-time group count keeps the accumulator in registers).
+    One streaming pass over the matrix; the inner loops run over ``GROUPS`` adjacent entries and
+    vectorise (a compile-time group count keeps the accumulators in registers).
     """
+    mins, where, second, row_min = lists.mins, lists.where, lists.second, lists.row_min
     n, k = c.shape
     full = (k // GROUPS) * GROUPS
-    acc = np.empty(GROUPS, np.float32)
+    low = np.empty(GROUPS, np.float32)
+    at = np.empty(GROUPS, np.int32)
+    next_low = np.empty(GROUPS, np.float32)
     for i in range(n):
         for g in range(GROUPS):
-            acc[g] = c[i, g]
+            low[g] = c[i, g]
+            at[g] = g
+            next_low[g] = np.inf
         for s in range(GROUPS, full, GROUPS):
             for g in range(GROUPS):
-                acc[g] = min(acc[g], c[i, s + g])
-        for j in range(full, k):
-            acc[j - full] = min(acc[j - full], c[i, j])
-        low = acc[0]
+                x = c[i, s + g]
+                lo = low[g]
+                next_low[g] = min(next_low[g], max(lo, x))
+                at[g] = s + g if x < lo else at[g]
+                low[g] = min(lo, x)
+        for j in range(full, k):  # the last, partial chunk
+            g = j - full
+            x = c[i, j]
+            next_low[g] = min(next_low[g], max(low[g], x))
+            at[g] = j if x < low[g] else at[g]
+            low[g] = min(low[g], x)
+        smallest = low[0]
         for g in range(GROUPS):
-            mins[i, g] = acc[g]
-            low = min(low, acc[g])
-        row_min[i] = low
+            mins[i, g] = low[g]
+            where[i, g] = at[g]
+            second[i, g] = next_low[g]
+            smallest = min(smallest, low[g])
+        row_min[i] = smallest
 
 
 @njit(nogil=True, cache=True)
@@ -245,13 +266,46 @@ def _kth_smallest(a, smallest):  # pragma: no cover - compiled
 
 
 @njit(nogil=True, cache=True)
+def _lists_from_groups(delta, k, lists):  # pragma: no cover - compiled
+    """First lists, without reading the matrix again: row ``i`` keeps the minimum of every group whose
+    minimum is ``<= tau_i = m_i + delta``. Every entry it drops is at least the minimum of a group it
+    left out or the second smallest of a group it kept, so the smallest of those is its virtual cost."""
+    mins, where, second, row_min, argmin, tau, bound, count, cols, vals = (
+        lists.mins, lists.where, lists.second, lists.row_min, lists.argmin, lists.tau, lists.bound,
+        lists.count, lists.cols, lists.vals,
+    )
+    for i in range(mins.shape[0]):
+        t = row_min[i] + delta
+        tau[i] = t
+        lowest_dropped = np.inf
+        filled = 0
+        for g in range(GROUPS):
+            x = mins[i, g]
+            if x <= t:
+                cols[i, filled] = where[i, g]
+                vals[i, filled] = x
+                filled += 1
+                lowest_dropped = min(lowest_dropped, second[i, g])
+                if x == row_min[i]:
+                    argmin[i] = where[i, g]
+            else:
+                lowest_dropped = min(lowest_dropped, x)
+        bound[i] = lowest_dropped
+        cols[i, filled] = k + i
+        vals[i, filled] = lowest_dropped
+        count[i] = filled + 1
+
+
+@njit(nogil=True, cache=True)
 def _fill_lists(c, rows, n_rows, lists):  # pragma: no cover - compiled
-    """The lists of rows ``rows[:n_rows]``: each row's columns with ``c[i, j] <= tau_i``, then its
-    virtual column ``k + i`` at cost ``tau_i``. Only groups whose minimum is ``<= tau_i`` are scanned.
-    A list longer than :data:`WIDTH` keeps its ``WIDTH`` cheapest columns and lowers ``tau_i`` to the
-    cheapest one dropped (a dropped column must cost at least ``tau_i``)."""
-    mins, tau, row_min, cols, vals, argmin, count = (  # unpacked once: a field read in a loop costs
-        lists.mins, lists.tau, lists.row_min, lists.cols, lists.vals, lists.argmin, lists.count
+    """The lists of rows ``rows[:n_rows]`` by scanning them: each row's columns with
+    ``c[i, j] <= tau_i``, then its virtual column ``k + i`` at cost ``tau_i`` (every column dropped
+    costs more). Only groups whose minimum is ``<= tau_i`` are scanned. A list longer than
+    :data:`WIDTH` keeps its ``WIDTH`` cheapest columns, and its virtual cost is the cheapest one
+    dropped."""
+    mins, tau, bound, row_min, cols, vals, argmin, count = (  # unpacked once: field reads cost
+        lists.mins, lists.tau, lists.bound, lists.row_min, lists.cols, lists.vals, lists.argmin,
+        lists.count,
     )
     k = c.shape[1]
     for r in range(n_rows):
@@ -267,26 +321,28 @@ def _fill_lists(c, rows, n_rows, lists):  # pragma: no cover - compiled
                             cols[i, filled] = j
                             vals[i, filled] = x
                         filled += 1
+        bound[i] = t
         if filled > WIDTH:
-            filled = _keep_cheapest(c, i, tau, cols, vals)
+            filled = _keep_cheapest(c, i, bound, cols, vals)
         best = -1
         for e in range(filled):
             if vals[i, e] == row_min[i]:
                 best = cols[i, e]
         argmin[i] = best
         cols[i, filled] = k + i
-        vals[i, filled] = tau[i]
+        vals[i, filled] = bound[i]
         count[i] = filled + 1
 
 
 @njit(nogil=True, cache=True)
-def _keep_cheapest(c, i, tau, cols, vals):  # pragma: no cover - compiled
-    """Overflow of row ``i``'s list (rare): keep its ``WIDTH`` cheapest columns, ``tau_i`` = the next."""
+def _keep_cheapest(c, i, bound, cols, vals):  # pragma: no cover - compiled
+    """Overflow of row ``i``'s list (rare): keep its ``WIDTH`` cheapest columns; the next one's cost
+    is the virtual cost."""
     order = np.argsort(c[i])
     for e in range(WIDTH):
         cols[i, e] = order[e]
         vals[i, e] = c[i, order[e]]
-    tau[i] = c[i, order[WIDTH]]
+    bound[i] = c[i, order[WIDTH]]
     return WIDTH
 
 
