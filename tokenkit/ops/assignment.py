@@ -235,21 +235,13 @@ def _run_on_threads(work, workers: int) -> None:
         torch.set_num_threads(1)
         work()
 
+    from tokenkit.ops.sparse_assignment import worker_pool
+
     try:
-        for future in [_worker_pool().submit(one_thread_work) for _ in range(workers)]:
+        for future in [worker_pool().submit(one_thread_work) for _ in range(workers)]:
             future.result()
     finally:
         torch.set_num_threads(saved)
-
-
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _worker_pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="tokenkit-assign")
-    return _POOL
 
 
 def _with_ones(x: Tensor) -> Tensor:

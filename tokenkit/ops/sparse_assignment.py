@@ -45,6 +45,7 @@ few entries per row.
 
 from __future__ import annotations
 
+import os
 from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor
 
@@ -97,10 +98,27 @@ def solve_sparse(cost: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.nda
     if threads <= 1 or b <= CHUNK:
         for start in starts:
             work(start)
-    else:
-        with ThreadPoolExecutor(max_workers=min(threads, len(starts))) as pool:
-            list(pool.map(work, starts))
+    else:  # each worker takes the next chunk until none is left
+        chunks = iter(starts)  # next() is atomic under the GIL
+
+        def worker() -> None:
+            for start in chunks:
+                work(start)
+
+        for future in [worker_pool().submit(worker) for _ in range(min(threads, len(starts)))]:
+            future.result()
     return columns, certified
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def worker_pool() -> ThreadPoolExecutor:
+    """The solver's worker threads (one per core), started on first use and kept."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="tokenkit-assign")
+    return _POOL
 
 
 class Attempts:
