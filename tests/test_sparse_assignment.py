@@ -167,3 +167,19 @@ def test_every_dropped_entry_costs_at_least_the_virtual_cost(k: int) -> None:
         dropped = np.setdiff1d(np.arange(k), kept)
         assert cost[i, dropped].min() >= lists.bound[i]
         assert (cost[i, kept] <= lists.row_min[i] + 0.5).all()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_input_is_an_error_not_a_crash(bad: float) -> None:
+    z, e = latents_and_codes(3, 40, 300, 8, 1.0, seed=7)
+    cost = code_costs(z, e)
+    cost[0, 5, :] = bad  # a whole row
+    cost[1, :, 7] = bad  # a whole column
+    cost[2] = bad
+    solve_sparse(cost.numpy())  # undefined answers, but no crash and no hang
+    with pytest.raises(ValueError, match="NaN/inf entries"):
+        assign(cost, "sparse")
+    e_bad = e.clone()
+    e_bad[3, 0] = bad
+    with pytest.raises(ValueError, match="NaN/inf values in its codebook"):
+        assign_codes(z, e_bad)

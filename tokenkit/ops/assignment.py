@@ -151,6 +151,12 @@ def assign_codes(
         raise ValueError(f"unknown assignment backend {backend!r}; choose one of {BACKENDS}")
     b, n, _ = z.shape
     _check_rows_fit(n, codebook.shape[0])
+    for name, values in (("latents", z), ("codebook", codebook)):
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError(
+                f"assign_codes got NaN/inf values in its {name}; the assignment needs finite costs. "
+                f"Check the encoder output and the learning rate (a diverged codebook shows up here too)."
+            )
     if backend == "auto":
         backend = "auction" if z.is_cuda else _sparse_or_dense()
     if backend == "sparse" and not z.is_cuda and b > 0 and n > 0:
@@ -351,7 +357,14 @@ def _solve_on_host(cost: Tensor, backend: str, threads: int | None = None) -> Te
 
         # lapjvh: lapjvr's Rust solver plus a C++ completion; ~1.4x faster than lapjvr_batch on
         # well-spread batches here (benchmarks/matching.py), the same on contended ones
-        _, cols = lap.lapjvh_batch(array, extend_cost=True, return_cost=False, n_threads=threads)
+        try:
+            _, cols = lap.lapjvh_batch(array, extend_cost=True, return_cost=False, n_threads=threads)
+        except ValueError as error:
+            if not np.isfinite(array).all():
+                raise ValueError(
+                    "assign got NaN/inf entries in its cost matrices; the assignment needs finite costs"
+                ) from error
+            raise
     elif backend == "scipy":
         cols = _scipy_batch(array, threads)
     else:

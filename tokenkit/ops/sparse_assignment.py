@@ -187,7 +187,8 @@ def _certified_matrix(c, lists, duals, rows):  # pragma: no cover - compiled
         duals.row4col[j] = -1
     n_rows = _take_free_minima(rows, lists, duals)
     for _ in range(ROUNDS):
-        _shortest_augmenting_paths(rows, n_rows, lists, duals)
+        if not _shortest_augmenting_paths(rows, n_rows, lists, duals):
+            return False
         n_rows = 0
         for i in range(n):
             if duals.col4row[i] >= k:
@@ -297,6 +298,7 @@ def _lists_from_groups(delta, k, lists):  # pragma: no cover - compiled
         tau[i] = t
         lowest_dropped = np.inf
         filled = 0
+        argmin[i] = -1
         for g in range(GROUPS):
             x = mins[i, g]
             if x <= t:
@@ -371,8 +373,8 @@ def _take_free_minima(rows, lists, duals):  # pragma: no cover - compiled
     rows to ``rows`` and returns their number: they go through the shortest-path solver."""
     n_rows = 0
     for i in range(rows.shape[0]):
-        j = lists.argmin[i]
-        if duals.row4col[j] < 0:
+        j = lists.argmin[i]  # -1 only if the row has no finite minimum
+        if j >= 0 and duals.row4col[j] < 0:
             duals.row4col[j] = i
             duals.col4row[i] = j
             duals.u[i] = lists.row_min[i]
@@ -411,7 +413,8 @@ def _shortest_augmenting_paths(rows, n_rows, lists, duals):  # pragma: no cover 
     costs ``c_ij - u_i - v_j``, from itself to a free column (Dijkstra, stopping at the first free
     column reached); then the duals are updated and the path flipped (Crouse 2016, Algorithm 2, on
     sparse rows). Needs, on entry: reduced costs >= 0 on the edges of matched rows, = 0 on matched
-    edges, ``v = 0`` on free columns. Then the matching is optimal on exit.
+    edges, ``v = 0`` on free columns. Then the matching is optimal on exit, and the result True;
+    False if some row has no path at finite cost (non-finite entries).
     """
     k = duals.v.shape[0] - lists.count.shape[0]
     u, v, col4row, row4col = duals.u, duals.v, duals.col4row, duals.row4col
@@ -441,6 +444,9 @@ def _shortest_augmenting_paths(rows, n_rows, lists, duals):  # pragma: no cover 
                         n_frontier += 1
                     dist[j] = reduced
                     path[j] = i
+            if n_frontier == 0:  # no path at finite cost (non-finite entries): give up the matrix
+                _clear(touched, n_touched, dist, scanned)
+                return False
             # the closest frontier column; on ties a free one, and a real one before a virtual one
             best = 0
             best_j = frontier[0]
@@ -465,8 +471,7 @@ def _shortest_augmenting_paths(rows, n_rows, lists, duals):  # pragma: no cover 
             j = touched[t]
             if scanned[j]:
                 v[j] -= min_val - dist[j]
-            dist[j] = np.inf
-            scanned[j] = False
+        _clear(touched, n_touched, dist, scanned)
         j = sink  # flip the path
         while True:
             i = path[j]
@@ -476,6 +481,16 @@ def _shortest_augmenting_paths(rows, n_rows, lists, duals):  # pragma: no cover 
             j = previous
             if i == r:
                 break
+    return True
+
+
+@njit(nogil=True, cache=True)
+def _clear(touched, n_touched, dist, scanned):  # pragma: no cover - compiled
+    """Reset Dijkstra's work arrays where the last search wrote them."""
+    for t in range(n_touched):
+        j = touched[t]
+        dist[j] = np.inf
+        scanned[j] = False
 
 
 @njit(nogil=True, cache=True)
