@@ -209,3 +209,31 @@ def test_empty_batches() -> None:
     q = make().eval()
     assert tuple(q(torch.zeros(0, 3, 8)).indices.shape) == (0, 3)
     assert tuple(q.encode(torch.zeros(2, 0, 8)).shape) == (2, 0)
+
+
+@pytest.mark.parametrize("regime", list(REGIMES))
+def test_large_codebooks_take_the_sparse_path_with_the_same_optimum_and_masks(regime: str) -> None:
+    # K >= 256: the default solver makes cost tiles and certifies candidate lists (tokenkit.ops.
+    # sparse_assignment); it must give the dense solver's optimum, masks included, and train
+    q = make(codebook_size=300).train()
+    dense = make(codebook_size=300, solver="lapx").train()
+    z = latents(5, 48, 8, spread=REGIMES[regime]).requires_grad_(True)
+    mask = torch.ones(5, 48, dtype=torch.bool)
+    mask[2, 30:] = False
+    out, ref = q(z, mask=mask), dense(z.detach(), mask=mask)
+    for row, valid in zip(out.indices, mask, strict=True):
+        assert row[valid].unique().numel() == int(valid.sum())
+    valid_z = z.detach()
+    np.testing.assert_allclose(
+        achieved_distance(valid_z[[0, 1, 3, 4]], q.codebook(), out.indices[[0, 1, 3, 4]]),
+        optimal_distance(valid_z[[0, 1, 3, 4]], q.codebook()),
+        rtol=1e-5,
+    )
+    np.testing.assert_allclose(
+        achieved_distance(valid_z[2:3, :30], q.codebook(), out.indices[2:3, :30]),
+        achieved_distance(valid_z[2:3, :30], q.codebook(), ref.indices[2:3, :30]),
+        rtol=1e-5,
+    )
+    (out.quantized.sum() + out.loss).backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all()
+    assert float(out.stats["distinct_per_sample"]) == 1.0
