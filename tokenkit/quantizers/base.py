@@ -220,6 +220,12 @@ def usage_stats(indices: Tensor, codebook_size: int, mask: Tensor | None = None)
         }
 
 
+def mixed_radix_basis(levels: list[int]) -> Tensor:
+    """``[1, L_0, L_0 L_1, ...]``: index = sum_i digit_i basis_i (first dimension least significant);
+    the implied-grid index of FSQ and FSP."""
+    return torch.tensor([math.prod(levels[:i]) for i in range(len(levels))], dtype=torch.long)
+
+
 def straight_through(z: Tensor, quantized: Tensor) -> Tensor:
     """Forward value ``quantized``, gradient of identity to ``z`` (Bengio et al. 2013)."""
     return z + (quantized - z).detach()

@@ -42,6 +42,7 @@ from tokenkit.quantizers.base import (
     QuantizerOutput,
     _fp32,
     masked_mean,
+    mixed_radix_basis,
     straight_through,
     usage_stats,
 )
@@ -96,11 +97,6 @@ def uniform_centroids(levels: list[int]) -> Tensor:
     for i, n in enumerate(levels):
         table[i, :n] = (torch.arange(n, dtype=torch.float32) + 0.5) / n
     return table
-
-
-def mixed_radix_basis(levels: list[int]) -> Tensor:
-    """``[1, L_0, L_0 L_1, ...]``: index = sum_i digit_i basis_i (first dimension least significant)."""
-    return torch.tensor([math.prod(levels[:i]) for i in range(len(levels))], dtype=torch.long)
 
 
 class FSPQuantizer(Quantizer):

@@ -29,6 +29,7 @@ from tokenkit.quantizers.base import (
     Quantizer,
     QuantizerConfig,
     QuantizerOutput,
+    mixed_radix_basis,
     straight_through,
     usage_stats,
 )
@@ -61,8 +62,7 @@ class FSQuantizer(Quantizer):
         d = len(self.config.levels)
         self.register_buffer("levels", levels, persistent=False)
         self.register_buffer("half_width", levels // 2, persistent=False)  # floor(L/2)
-        basis = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long), levels[:-1]]), 0)
-        self.register_buffer("basis", basis, persistent=False)  # prod_{j<i} L_j
+        self.register_buffer("basis", mixed_radix_basis(self.config.levels), persistent=False)
         half_l = (levels.double() - 1) * (1 - BOUND_EPS) / 2
         offset = (levels % 2 == 0).double() * 0.5
         self.register_buffer("_half_l", half_l.float(), persistent=False)
