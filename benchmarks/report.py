@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 import tokenkit
 from tokenkit.files import atomic_write
+from tokenkit.pictures import pyplot, save_figure
 
 PRDC_KEYS = ("precision", "recall", "density", "coverage")
 #: PRDC sets in table order: key -> label (``held_out`` is the real set they are scored against)
@@ -347,18 +348,14 @@ def write_markdown(report: Report, path: str | os.PathLike) -> Path:
 
 
 def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    if plt is None:
+        raise RuntimeError("the report draws its figures with matplotlib: pip install matplotlib")
     return plt
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    out = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    _pyplot().close(fig)
-    return out
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_report(report: Report, path: str | os.PathLike) -> Path:

@@ -58,7 +58,7 @@ def test_codebook_usage_and_spectrogram_pngs(tmp_path, monkeypatch, use_matplotl
     if use_matplotlib:
         pytest.importorskip("matplotlib")
     else:
-        monkeypatch.setattr(pictures, "_matplotlib", lambda: None)
+        monkeypatch.setattr(pictures, "pyplot", lambda: None)
     counts = torch.tensor([50, 30, 0, 20, 0, 0, 1, 1])
     usage = codebook_usage_plot(counts, tmp_path / "usage.png")
     t = torch.arange(16000) / 16000

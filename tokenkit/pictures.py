@@ -107,7 +107,9 @@ def section_grid(
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-def _matplotlib():
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend, or None when matplotlib is not installed
+    (the pictures here then fall back to plain PIL images)."""
     try:
         import matplotlib
     except ImportError:
@@ -118,10 +120,11 @@ def _matplotlib():
     return plt
 
 
-def _save_figure(fig, path: str | os.PathLike) -> Path:
-    plt = _matplotlib()
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Write a matplotlib figure as PNG (temp file, then rename) and close it."""
+    plt = pyplot()
     try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
     finally:
         plt.close(fig)
 
@@ -138,7 +141,7 @@ def codebook_usage_plot(counts: Tensor | np.ndarray, path: str | os.PathLike) ->
         f"CVU {cvu(counts, K, counts=True):.3f}   perplexity {perplexity(counts, K, counts=True):.1f}   "
         f"used {used}/{K} codes"
     )
-    plt = _matplotlib()
+    plt = pyplot()
     if plt is None:
         return _save_image(_bars(share), path)
     fig, ax = plt.subplots(figsize=(8, 3.2))
@@ -154,7 +157,7 @@ def codebook_usage_plot(counts: Tensor | np.ndarray, path: str | os.PathLike) ->
     ax.set_ylabel("share of tokens")
     ax.set_title(title)
     ax.legend(loc="upper right")
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def _bars(values: np.ndarray, height: int = 200) -> np.ndarray:
@@ -184,7 +187,7 @@ def spectrogram_comparison(
     a, b = log_spectrogram(orig), log_spectrogram(recon)
     vmax = max(a.max(), b.max())
     vmin = vmax - 90.0
-    plt = _matplotlib()
+    plt = pyplot()
     if plt is None:
         gray = [((np.clip(s, vmin, vmax) - vmin) / 90.0 * 255).astype(np.uint8)[::-1] for s in (a, b)]
         gap = np.full((4, max(g.shape[1] for g in gray)), 255, np.uint8)
@@ -205,4 +208,4 @@ def spectrogram_comparison(
         ax.set_title(name)
     axes[-1].set_xlabel("seconds")
     fig.colorbar(im, ax=axes, label="dB")
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
