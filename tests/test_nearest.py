@@ -104,3 +104,14 @@ def test_out_of_range_indices_are_explained():
     with pytest.raises(TypeError, match="integer"):
         vq.decode(torch.tensor([[0.0, 1.0]]))
     assert torch.equal(vq.decode(torch.tensor([[3, 1]])), CORNERS[[3, 1]][None])
+
+
+def test_all_finite_is_exact_when_the_sum_overflows() -> None:
+    from tokenkit.ops import all_finite
+
+    assert all_finite(torch.randn(100))
+    assert all_finite(torch.full((4,), 3e38))  # finite values whose sum overflows to inf
+    assert all_finite(torch.ones(100_000, dtype=torch.float16))  # fp16 sum overflows too
+    assert not all_finite(torch.tensor([1.0, float("nan")]))
+    assert not all_finite(torch.tensor([float("inf"), -float("inf")]))  # sum is NaN
+    assert not all_finite(torch.tensor([2.0, -float("inf")]))

@@ -61,6 +61,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tokenkit.ops import all_finite
+
 BACKENDS = ("auto", "sparse", "lapx", "scipy", "auction")
 #: float32 rounding of one cost entry, taken as 4 ulps (2**-22) of the largest |entry|
 _F32_RESOLUTION = 2.0**-22
@@ -153,7 +155,7 @@ def assign_codes(
     b, n, _ = z.shape
     _check_rows_fit(n, codebook.shape[0])
     for name, values in (("latents", z), ("codebook", codebook)):
-        if not bool(torch.isfinite(values).all()):
+        if not all_finite(values):
             raise ValueError(
                 f"assign_codes got NaN/inf values in its {name}; the assignment needs finite costs. "
                 f"Check the encoder output and the learning rate (a diverged codebook shows up here too)."

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from tokenkit.config import resolve_config
+from tokenkit.ops import all_finite
 
 
 @dataclass
@@ -137,7 +138,7 @@ class Quantizer(nn.Module, ABC):
                 f"{tuple(z.shape)}. For (B, C, H, W) feature maps use "
                 f"tokenkit.quantizers.to_channel_last(x)."
             )
-        if not torch.isfinite(z).all():
+        if not all_finite(z):
             bad = int((~torch.isfinite(z)).sum())
             raise ValueError(
                 f"{name} got {bad} NaN/inf values in its input latents; check the encoder output "
