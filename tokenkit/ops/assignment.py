@@ -235,7 +235,7 @@ def _run_on_threads(work: Callable[[], None], workers: int) -> None:
     OpenMP workers spin-wait after every GEMM on the cores the solver needs (measured: 14 ms against
     22 ms for GEMM + solve of 64 x 256 x 1024 on 2 cores). The threads are kept between calls.
     """
-    from tokenkit.ops.sparse_assignment import worker_pool
+    from tokenkit.ops.sparse_assignment import run_on_workers
 
     if workers <= 1:
         work()
@@ -247,8 +247,7 @@ def _run_on_threads(work: Callable[[], None], workers: int) -> None:
         work()
 
     try:
-        for future in [worker_pool().submit(one_thread_work) for _ in range(workers)]:
-            future.result()
+        run_on_workers(one_thread_work, workers)
     finally:
         torch.set_num_threads(saved)
 

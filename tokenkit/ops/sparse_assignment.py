@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import os
 from collections import namedtuple
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -88,37 +89,34 @@ def solve_sparse(cost: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.nda
     certified = np.zeros(b, dtype=np.bool_)
     attempts = Attempts()
     starts = range(0, b, CHUNK)
+    chunks = iter(starts)  # shared by the workers: next() is atomic under the GIL
 
-    def work(start: int) -> None:
-        stop = min(b, start + CHUNK)
-        if attempts.worth_trying():
+    def work() -> None:
+        for start in chunks:
+            if not attempts.worth_trying():
+                return
+            stop = min(b, start + CHUNK)
             solve_sparse_into(cost[start:stop], columns[start:stop], certified[start:stop])
             attempts.record(certified[start:stop])
 
-    if threads <= 1 or b <= CHUNK:
-        for start in starts:
-            work(start)
-    else:  # each worker takes the next chunk until none is left
-        chunks = iter(starts)  # next() is atomic under the GIL
-
-        def worker() -> None:
-            for start in chunks:
-                work(start)
-
-        for future in [worker_pool().submit(worker) for _ in range(min(threads, len(starts)))]:
-            future.result()
+    run_on_workers(work, min(threads, len(starts)))
     return columns, certified
 
 
 _POOL: ThreadPoolExecutor | None = None
 
 
-def worker_pool() -> ThreadPoolExecutor:
-    """The solver's worker threads (one per core), started on first use and kept."""
+def run_on_workers(work: Callable[[], None], workers: int) -> None:
+    """Run ``work()`` on ``workers`` of the solver's threads at once (on this thread when 1) and wait;
+    the threads (one per core) start on first use and are kept."""
     global _POOL
+    if workers <= 1:
+        work()
+        return
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="tokenkit-assign")
-    return _POOL
+    for future in [_POOL.submit(work) for _ in range(workers)]:
+        future.result()
 
 
 class Attempts:
