@@ -62,6 +62,7 @@ import torch
 from torch import Tensor
 
 from tokenkit.ops import all_finite
+from tokenkit.ops.nearest import augmented_codebook
 
 BACKENDS = ("auto", "sparse", "lapx", "scipy", "auction")
 #: float32 rounding of one cost entry, taken as 4 ulps (2**-22) of the largest |entry|
@@ -114,13 +115,11 @@ def _solve_sparse_first(cost: Tensor, threads: int | None = None) -> Tensor:
     threads = threads or os.cpu_count() or 1
     host = cost.to("cpu", torch.float32).contiguous()
     columns, certified = solve_sparse(host.numpy(), threads)
-    out = torch.from_numpy(columns)
-    if not certified.any():
-        return _solve_reduced(host, _host_backend(), threads=threads).to(cost.device)
-    if not certified.all():
-        rest = torch.from_numpy(~certified)
-        out[rest] = _solve_reduced(host[rest], _host_backend(), threads=threads)
-    return out.to(cost.device)
+
+    def costs_of(matrices: Tensor | None) -> Tensor:
+        return host if matrices is None else host[matrices]
+
+    return _dense_for_uncertified(columns, certified, costs_of, threads).to(cost.device)
 
 
 @torch.no_grad()
@@ -173,10 +172,16 @@ def code_costs(z: Tensor, codebook: Tensor, mask: Tensor | None = None, out: Ten
     broadcast pass for the bias); padded rows (``mask`` False) are set to 0. ``out``: a float32
     ``(B, N, K)`` buffer to write into."""
     b, n, _ = z.shape
-    k = codebook.shape[0]
     if out is None:
-        out = torch.empty(b, n, k, dtype=torch.float32, device=z.device)
-    torch.mm(_with_ones(z.reshape(b * n, -1)), _augmented_codes(codebook), out=out.view(b * n, k))
+        out = torch.empty(b, n, codebook.shape[0], dtype=torch.float32, device=z.device)
+    return _costs_into(out, _with_ones(z.reshape(b * n, -1)), augmented_codebook(codebook), mask)
+
+
+def _costs_into(out: Tensor, rows: Tensor, codes: Tensor, mask: Tensor | None) -> Tensor:
+    """``out (B, N, K) = rows @ codes`` for ``rows = [z, 1]`` ``(B N, D + 1)`` and ``codes =
+    [-2e, |e|^2]^T``; padded rows (``mask`` False) get the constant cost 0."""
+    b, n, k = out.shape
+    torch.mm(rows, codes, out=out.view(b * n, k))
     if mask is not None:
         out.masked_fill_(~mask.reshape(b, n, 1), 0.0)
     return out
@@ -195,7 +200,7 @@ def _assign_codes_tiled(z: Tensor, codebook: Tensor, mask: Tensor | None, thread
     b, n, _ = z.shape
     k = codebook.shape[0]
     rows = _with_ones(z.detach().reshape(b * n, -1))
-    codes = _augmented_codes(codebook.detach())
+    codes = augmented_codebook(codebook.detach())
     columns = np.zeros((b, n), dtype=np.int64)
     certified = np.zeros(b, dtype=np.bool_)
     attempts = Attempts()
@@ -208,23 +213,36 @@ def _assign_codes_tiled(z: Tensor, codebook: Tensor, mask: Tensor | None, thread
             if not attempts.worth_trying():
                 return
             stop = min(b, start + per_tile)
-            cost = tile[: stop - start]
-            torch.mm(rows[start * n : stop * n], codes, out=cost.view(-1, k))
-            if mask is not None:
-                cost.masked_fill_(~mask[start:stop].reshape(stop - start, n, 1), 0.0)
+            tile_mask = None if mask is None else mask[start:stop]
+            cost = _costs_into(tile[: stop - start], rows[start * n : stop * n], codes, tile_mask)
             solve_sparse_into(cost.numpy(), columns[start:stop], certified[start:stop])
             attempts.record(certified[start:stop])
 
     tiles = -(-b // per_tile)
     _run_on_threads(work, min(threads or os.cpu_count() or 1, max(1, tiles // MIN_TILES_PER_WORKER)))
-    out = torch.from_numpy(columns)
+
+    def costs_of(samples: Tensor | None) -> Tensor:
+        if samples is None:
+            return code_costs(z.detach(), codebook.detach(), mask)
+        return code_costs(z.detach()[samples], codebook.detach(), None if mask is None else mask[samples])
+
+    return _dense_for_uncertified(columns, certified, costs_of, threads)
+
+
+def _dense_for_uncertified(
+    columns: np.ndarray,
+    certified: np.ndarray,
+    costs_of: Callable[[Tensor | None], Tensor],
+    threads: int | None,
+) -> Tensor:
+    """``columns`` where the sparse solver certified them; the dense host solver for the other matrices,
+    on ``costs_of(mask)`` of them (``costs_of(None)``: all of them, when none certified: no re-indexing)."""
     if not certified.any():  # contended latents: the dense solver on all of them
-        cost = code_costs(z.detach(), codebook.detach(), mask)
-        return _solve_reduced(cost, _host_backend(), threads=threads)
+        return _solve_reduced(costs_of(None), _host_backend(), threads=threads)
+    out = torch.from_numpy(columns)
     if not certified.all():  # ... or on the rest
         rest = torch.from_numpy(~certified)
-        cost = code_costs(z.detach()[rest], codebook.detach(), None if mask is None else mask[rest])
-        out[rest] = _solve_reduced(cost, _host_backend(), threads=threads)
+        out[rest] = _solve_reduced(costs_of(rest), _host_backend(), threads=threads)
     return out
 
 
@@ -255,12 +273,6 @@ def _run_on_threads(work: Callable[[], None], workers: int) -> None:
 def _with_ones(x: Tensor) -> Tensor:
     """``[x, 1]`` in float32, so that one GEMM adds the bias column."""
     return torch.cat([x.float(), x.new_ones(x.shape[0], 1, dtype=torch.float32)], dim=1)
-
-
-def _augmented_codes(codebook: Tensor) -> Tensor:
-    """``[-2e, |e|^2]^T``, ``(D + 1, K)``: ``[z, 1] @`` it is ``|e_k|^2 - 2 z . e_k``."""
-    e = codebook.float()
-    return torch.cat([-2.0 * e, e.square().sum(1, keepdim=True)], dim=1).t().contiguous()
 
 
 @torch.no_grad()

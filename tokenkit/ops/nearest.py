@@ -41,14 +41,11 @@ def nearest_code(
         )
     x = x.float()
     codebook = codebook.float()
-    if codebook_sq is None:
-        codebook_sq = codebook.square().sum(1)
     n, k = x.shape[0], codebook.shape[0]
     out = torch.empty(n, dtype=torch.long, device=x.device)
     if n == 0:
         return out
-    # [-2c, |c|^2]^T : (D + 1, K), so that [x, 1] @ it = -2 x.c + |c|^2
-    codes_aug = torch.cat([codebook * -2.0, codebook_sq[:, None].float()], dim=1).t().contiguous()
+    codes_aug = augmented_codebook(codebook, codebook_sq)
     rows = min(_rows_per_tile(k, x.device, tile_bytes), n)
     x_aug = torch.ones(rows, x.shape[1] + 1, dtype=torch.float32, device=x.device)
     scores = torch.empty(rows, k, dtype=torch.float32, device=x.device)
@@ -59,6 +56,15 @@ def nearest_code(
         torch.mm(x_aug[:m], codes_aug, out=scores[:m])
         torch.min(scores[:m], dim=1, out=(best[:m], out[start : start + m]))
     return out
+
+
+def augmented_codebook(codebook: Tensor, codebook_sq: Tensor | None = None) -> Tensor:
+    """``[-2c, |c|^2]^T``, ``(D + 1, K)`` float32, so that ``[x, 1] @`` it is ``|c_k|^2 - 2 x . c_k``
+    (``codebook_sq``: a precomputed ``|c|^2``)."""
+    codebook = codebook.float()
+    if codebook_sq is None:
+        codebook_sq = codebook.square().sum(1)
+    return torch.cat([codebook * -2.0, codebook_sq[:, None].float()], dim=1).t().contiguous()
 
 
 def squared_distances_to(x: Tensor, codebook: Tensor) -> Tensor:
