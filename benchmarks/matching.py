@@ -134,8 +134,9 @@ def bench_from_latents(args: argparse.Namespace, device: torch.device) -> None:
         e = torch.randn(k, d, generator=g).to(device)
         host = code_costs(z, e).float().cpu().numpy()
         fns: dict[str, Callable[[], object]] = {
-            "whole cost + assign(lapx)": partial(whole_cost_then_lapx, z, e, args.threads, torch.empty_like(
-                torch.from_numpy(host)).to(device)),
+            "whole cost + assign(lapx)": partial(
+                whole_cost_then_lapx, z, e, args.threads, torch.empty(b, n, k, device=device)
+            ),
             "assign_codes(auto)": partial(assign_codes, z, e, threads=args.threads),
         }
         rounds = args.rounds if regime == "well-spread" else max(1, args.rounds // 2)

@@ -104,7 +104,7 @@ def section_grid(
     for (title, _), height in zip(sections, heights, strict=True):
         draw.text((pad + 1, top + 2), title, fill=0 if c == 1 else (0, 0, 0), font=font)
         top += height
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    return _save_image(np.asarray(image), path)
 
 
 def pyplot():
