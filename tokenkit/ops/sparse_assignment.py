@@ -321,9 +321,8 @@ def _fill_lists(c, rows, n_rows, lists):  # pragma: no cover - compiled
     costs more). Only groups whose minimum is ``<= tau_i`` are scanned. A list longer than
     :data:`WIDTH` keeps its ``WIDTH`` cheapest columns, and its virtual cost is the cheapest one
     dropped."""
-    mins, tau, bound, row_min, cols, vals, argmin, count = (  # unpacked once: field reads cost
-        lists.mins, lists.tau, lists.bound, lists.row_min, lists.cols, lists.vals, lists.argmin,
-        lists.count,
+    mins, tau, bound, cols, vals, count = (  # unpacked once: a field read in a loop costs
+        lists.mins, lists.tau, lists.bound, lists.cols, lists.vals, lists.count
     )
     k = c.shape[1]
     for r in range(n_rows):
@@ -342,11 +341,6 @@ def _fill_lists(c, rows, n_rows, lists):  # pragma: no cover - compiled
         bound[i] = t
         if filled > WIDTH:
             filled = _keep_cheapest(c, i, bound, cols, vals)
-        best = -1
-        for e in range(filled):
-            if vals[i, e] == row_min[i]:
-                best = cols[i, e]
-        argmin[i] = best
         cols[i, filled] = k + i
         vals[i, filled] = bound[i]
         count[i] = filled + 1
