@@ -13,8 +13,8 @@ Backends (``backend=``):
   at the cheapest one it dropped; a solution of that small problem that uses no virtual column is
   provably optimal for the whole matrix. Matrices it cannot certify (latents contending for the
   same codes) go to the dense host solver. On 64 x 256 x 1024 well-spread batches it took
-  8.4-9.6 ms against lapx's 13.2-14.9 ms on a given cost; inside :func:`assign_codes`, which never
-  holds the whole cost, a matching training step fell from 1.56-1.73x to 1.19-1.26x a
+  9.2-9.5 ms against lapx's 13.8-14.1 ms on a given cost; inside :func:`assign_codes`, which never
+  holds the whole cost, a matching training step fell from 1.56-1.73x to 1.15-1.34x a
   nearest-neighbour step (``benchmarks/matching.py``, 2 cores, docs/pivq.md).
 - ``"lapx"``: ``lap.lapjvh_batch`` from lapx >= 0.11, a Jonker-Volgenant solver with a native
   rectangular path that releases the GIL and runs the batch over ``os.cpu_count()`` threads; the
